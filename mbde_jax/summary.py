@@ -1,0 +1,107 @@
+"""Prints the parameter counts of the model a config describes.
+
+    python -m mbde_jax.summary --config configs/default.py [--config.<field>=<value> ...]
+
+Counts come from abstract shapes (jax.eval_shape): nothing is allocated or compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from mbde_jax import models
+from mbde_jax.datasets import info as dataset_info
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterCounts:
+    """Parameter counts of one model, split the way a multi-branch method is reasoned about."""
+
+    trunk: int
+    one_branch: int
+    all_branches: int
+    method_heads: int
+    num_branches: int
+
+    @property
+    def total_trained(self) -> int:
+        return self.trunk + self.all_branches + self.method_heads
+
+    @property
+    def deployed(self) -> int:
+        """Trunk + one branch: what is kept for inference (MBDE/OKDDip's group leader)."""
+        return self.trunk + self.one_branch
+
+
+def _count(tree) -> int:
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
+
+
+def count_parameters(model, num_branches: int, image_shape: tuple[int, int, int]) -> ParameterCounts:
+    """Counts a model's params: 'trunk', 'branches' (stacked on a branch axis) and the rest (heads)."""
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((2, *image_shape), jnp.float32)))
+    params = dict(variables["params"])
+    trunk = _count(params.pop("trunk", {}))
+    all_branches = _count(params.pop("branches"))
+    return ParameterCounts(
+        trunk=trunk,
+        one_branch=all_branches // num_branches,
+        all_branches=all_branches,
+        method_heads=_count(params),
+        num_branches=num_branches,
+    )
+
+
+def build_network(config: ml_collections.ConfigDict) -> models.MultiBranchNet:
+    info = dataset_info.get_dataset_info(config.dataset)
+    shared = True if config.shared_trunk is None else config.shared_trunk
+    return models.MultiBranchNet(
+        arch=config.arch, num_classes=info.num_classes, num_branches=config.num_branches,
+        shared_trunk=shared, dropout_rate=config.dropout_rate)
+
+
+def format_summary(config: ml_collections.ConfigDict, counts: ParameterCounts, shared_trunk: bool) -> str:
+    info = dataset_info.get_dataset_info(config.dataset)
+    m = counts.num_branches
+    trunk_label = "trunk (shared by all branches)" if shared_trunk else "trunk (none: independent networks)"
+    rows = [
+        (trunk_label, counts.trunk),
+        ("one branch", counts.one_branch),
+        (f"all branches ({m})", counts.all_branches),
+        ("method heads", counts.method_heads),
+        ("total trained", counts.total_trained),
+        ("deployed model (trunk + one branch)", counts.deployed),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = [
+        f"{config.arch} on {config.dataset} ({info.num_classes} classes), method {config.method}, "
+        f"{m} branch{'es' if m != 1 else ''}",
+        f"{'part':<{width}}  {'parameters':>12}",
+    ]
+    lines += [f"{label:<{width}}  {value:>12,}" for label, value in rows]
+    return "\n".join(lines)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    network = build_network(config)
+    info = dataset_info.get_dataset_info(config.dataset)
+    counts = count_parameters(network, config.num_branches, info.image_shape)
+    print(format_summary(config, counts, network.shared_trunk))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
