@@ -15,8 +15,9 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mbde_jax import models
+from mbde_jax import methods
 from mbde_jax.datasets import info as dataset_info
+from mbde_jax.model import OnlineKDModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +44,15 @@ def _count(tree) -> int:
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
 
 
-def count_parameters(model, num_branches: int, image_shape: tuple[int, int, int]) -> ParameterCounts:
-    """Counts a model's params: 'trunk', 'branches' (stacked on a branch axis) and the rest (heads)."""
+def count_parameters(model: OnlineKDModel, image_shape: tuple[int, int, int]) -> ParameterCounts:
+    """Counts a model's params: the network's 'trunk' and 'branches' (stacked), and the method's heads."""
     variables = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((2, *image_shape), jnp.float32)))
     params = dict(variables["params"])
-    trunk = _count(params.pop("trunk", {}))
-    all_branches = _count(params.pop("branches"))
+    network = dict(params.pop("network"))
+    trunk = _count(network.pop("trunk", {}))
+    all_branches = _count(network.pop("branches"))
+    num_branches = model.num_branches
     return ParameterCounts(
         trunk=trunk,
         one_branch=all_branches // num_branches,
@@ -59,23 +62,16 @@ def count_parameters(model, num_branches: int, image_shape: tuple[int, int, int]
     )
 
 
-def build_network(config: ml_collections.ConfigDict) -> models.MultiBranchNet:
-    info = dataset_info.get_dataset_info(config.dataset)
-    shared = True if config.shared_trunk is None else config.shared_trunk
-    return models.MultiBranchNet(
-        arch=config.arch, num_classes=info.num_classes, num_branches=config.num_branches,
-        shared_trunk=shared, dropout_rate=config.dropout_rate)
-
-
-def format_summary(config: ml_collections.ConfigDict, counts: ParameterCounts, shared_trunk: bool) -> str:
+def format_summary(config: ml_collections.ConfigDict, model: OnlineKDModel, counts: ParameterCounts) -> str:
     info = dataset_info.get_dataset_info(config.dataset)
     m = counts.num_branches
-    trunk_label = "trunk (shared by all branches)" if shared_trunk else "trunk (none: independent networks)"
+    trunk_label = ("trunk" if m == 1 else "trunk (shared by all branches)" if model.shared_trunk
+                   else "trunk (none: independent networks)")
     rows = [
         (trunk_label, counts.trunk),
         ("one branch", counts.one_branch),
         (f"all branches ({m})", counts.all_branches),
-        ("method heads", counts.method_heads),
+        (f"method heads ({model.heads})", counts.method_heads),
         ("total trained", counts.total_trained),
         ("deployed model (trunk + one branch)", counts.deployed),
     ]
@@ -96,10 +92,12 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    network = build_network(config)
-    info = dataset_info.get_dataset_info(config.dataset)
-    counts = count_parameters(network, config.num_branches, info.image_shape)
-    print(format_summary(config, counts, network.shared_trunk))
+    try:
+        model = methods.build_model(config)
+        counts = count_parameters(model, dataset_info.get_dataset_info(config.dataset).image_shape)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(format_summary(config, model, counts))
 
 
 if __name__ == "__main__":
