@@ -1,8 +1,10 @@
 """Every config field, with its default and what it means. Other configs import this and override.
 
-Run:  python -m mbde_jax.summary --config configs/default.py [--config.<field>=<value> ...]
-The defaults describe the paper's main setting: MBDE on CIFAR-100 with a ResNet-32 backbone,
-3 peers + 1 group leader (METHOD.md).
+    python train.py --config configs/default.py --workdir workdirs/cifar100_resnet32_mbde
+
+The defaults are the paper's main setting (METHOD.md): MBDE on CIFAR-100 with a ResNet-32 backbone,
+3 peers + 1 group leader, 300 epochs of batch 128, SGD with Nesterov momentum 0.9, lr 0.1 divided by 10 at
+epochs 150 and 225, weight decay 5e-4 (coupled), T = 3, 80-epoch ramp-up of the distillation weight.
 """
 
 from ml_collections import config_dict
@@ -14,6 +16,12 @@ def get_config() -> config_dict.ConfigDict:
     # --- Data -------------------------------------------------------------------------------------
     # One of: cifar10, cifar100, cinic10, digits (the offline demo data). Fixes the number of classes.
     config.dataset = "cifar100"
+    # tfds data directory; unset: $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    config.data_dir = config_dict.placeholder(str)
+    # CINIC-10 only: train on 'train' (90k) or 'train+validation' (180k). Tested on 'test' either way.
+    config.cinic10_train_splits = "train"
+    # Whether a dataset that is not prepared may be downloaded (needs network). False fails at once.
+    config.download = True
 
     # --- Model ------------------------------------------------------------------------------------
     # Backbone: resnet32, resnet110, wrn20_8, vgg16, densenet40_12 (OKDDip's CIFAR family).
@@ -52,5 +60,35 @@ def get_config() -> config_dict.ConfigDict:
     config.attention_reduction = 8
     # FFM feature of peer a = GAP(s_a) + fused_a instead of fused_a (OUR CHOICE: off).
     config.ffm_residual = False
+
+
+    # --- Optimisation (INFERRED: OKDDip's defaults) ------------------------------------------------
+    config.seed = 0
+    # Global batch over all devices; must be a multiple of the device count.
+    config.batch_size = 128
+    config.num_epochs = 300
+    config.learning_rate = 0.1
+    # The lr is multiplied by lr_decay_factor from each of these epochs on (counted from 1: the 150th epoch is
+    # the first at 0.01, as OKDDip's scheduler.step()-at-epoch-start code behaves).
+    config.lr_boundaries_epochs = (150, 225)
+    config.lr_decay_factor = 0.1
+    config.momentum = 0.9
+    config.nesterov = True
+    # Coupled L2 weight decay on every parameter (added to the gradient before momentum, as PyTorch's SGD).
+    config.weight_decay = 5e-4
+
+    # --- Evaluation, checkpoints, logging --------------------------------------------------------
+    # Batch of the evaluation passes (padded and masked: every test example counts exactly once).
+    config.eval_batch_size = 500
+    # Evaluate on the test split every this many epochs, and always after the last one.
+    config.eval_every_epochs = 1
+    # Checkpoint every this many epochs, and always after the last one.
+    config.checkpoint_every_epochs = 10
+    # Also checkpoint every this many steps inside an epoch (0: off); the run resumes mid-epoch exactly.
+    config.checkpoint_every_steps = 0
+    # How many of the latest checkpoints are kept.
+    config.keep_checkpoints = 3
+    # Training metrics are averaged and written every this many steps.
+    config.log_every_steps = 50
 
     return config

@@ -22,7 +22,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
       [...]: one value per leading index.
     """
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[..., 0]
+    index = jnp.broadcast_to(labels.astype(jnp.int32)[:, None], (*log_probs.shape[:-1], 1))
+    picked = jnp.take_along_axis(log_probs, index, axis=-1)[..., 0]
     return -jnp.mean(picked, axis=-1)
 
 

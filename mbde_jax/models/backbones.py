@@ -42,6 +42,7 @@ def _resnet(variant: str, description: str) -> Backbone:
 
 
 BACKBONES: dict[str, Backbone] = {
+    "resnet8": _resnet("resnet8", "ResNet-8, basic blocks 1-1-1: not in the paper; smoke tests and CI"),
     "resnet32": _resnet("resnet32", "ResNet-32, basic blocks 5-5-5, widths 16/32/64"),
     "resnet110": _resnet("resnet110", "ResNet-110 (OKDDip's), bottleneck blocks 12-12-12, 256-d features"),
     "wrn20_8": _resnet("wrn20_8", "WRN-20-8 (OKDDip's wide_resnet20_8), bottleneck 2-2-2, inner width x8"),

@@ -3,7 +3,7 @@
 Layout (NHWC), as OKDDip's models/model_cifar/resnet*.py:
   trunk  = conv3x3(16) + BN + ReLU, stage 1 (planes 16, stride 1), stage 2 (planes 32, stride 2)
   branch = stage 3 (planes 64, stride 2), global average pool, linear classifier
-resnet32: basic blocks 5-5-5. resnet110: bottleneck blocks 12-12-12 (expansion 4, 256-d features).
+resnet32: basic blocks 5-5-5 (resnet8: 1-1-1, a small model for smoke tests and the test suite). resnet110: bottleneck blocks 12-12-12 (expansion 4, 256-d features).
 wrn20_8: bottleneck blocks 2-2-2 whose inner width is 8x the planes (`width_per_group=512`).
 """
 
@@ -139,6 +139,7 @@ class ResNetBranch(nn.Module):
 
 
 RESNET_VARIANTS: dict[str, dict] = {
+    "resnet8": dict(block="basic", blocks_per_stage=(1, 1, 1), width_per_group=64),
     "resnet32": dict(block="basic", blocks_per_stage=(5, 5, 5), width_per_group=64),
     "resnet110": dict(block="bottleneck", blocks_per_stage=(12, 12, 12), width_per_group=64),
     "wrn20_8": dict(block="bottleneck", blocks_per_stage=(2, 2, 2), width_per_group=64 * 8),

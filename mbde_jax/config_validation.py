@@ -1,0 +1,111 @@
+"""Checks a config before anything is built or compiled, naming the field at fault and what to do.
+
+`FIELDS` lists every field configs/default.py defines, with its type and the values it accepts (a test keeps
+the two in step). ml_collections already refuses unknown fields and wrong types given on the command line;
+this also catches them in config files, and checks ranges and names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ml_collections
+
+from mbde_jax import losses, methods
+from mbde_jax.datasets import info as dataset_info
+from mbde_jax.models import BACKBONES
+
+Check = Callable[[Any], str | None]  # returns what is wrong, or None
+
+
+def _positive(value) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _at_least(low) -> Check:
+    return lambda value: None if value >= low else f"must be >= {low}"
+
+
+def _unit_interval(closed_high: bool) -> Check:
+    def check(value):
+        ok = 0 <= value <= 1 if closed_high else 0 <= value < 1
+        return None if ok else f"must be in [0, 1{']' if closed_high else ')'}"
+    return check
+
+
+def _one_of(valid) -> Check:
+    return lambda value: None if value in valid else f"must be one of {sorted(valid)}"
+
+
+def _boundaries(value) -> str | None:
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in value):
+        return "must be a tuple of whole epoch numbers"
+    if any(v < 1 for v in value) or list(value) != sorted(set(value)):
+        return "must be strictly increasing epoch numbers >= 1, e.g. (150, 225)"
+    return None
+
+
+# name -> (accepted types, check or None, may be None)
+FIELDS: dict[str, tuple[tuple[type, ...], Check | None, bool]] = {
+    "dataset": ((str,), _one_of(dataset_info.DATASETS), False),
+    "data_dir": ((str,), None, True),
+    "cinic10_train_splits": ((str,), _one_of(("train", "train+validation")), False),
+    "download": ((bool,), None, False),
+    "arch": ((str,), _one_of(BACKBONES), False),
+    "num_branches": ((int,), _at_least(1), False),
+    "shared_trunk": ((bool,), None, True),
+    "dropout_rate": ((float, int), _unit_interval(closed_high=False), False),
+    "method": ((str,), _one_of(methods.METHODS), False),
+    "temperature": ((float, int), _positive, False),
+    "kd_weight": ((float, int), _non_negative, False),
+    "rampup_epochs": ((int,), _non_negative, False),
+    "cd_weight": ((float, int), _non_negative, False),
+    "cd_variant": ((str,), _one_of(losses.CD_VARIANTS), False),
+    "kl_teacher_epsilon": ((float, int), _non_negative, False),
+    "detach_targets": ((bool,), None, False),
+    "attention_reduction": ((int,), _at_least(1), False),
+    "ffm_residual": ((bool,), None, False),
+    "seed": ((int,), _non_negative, False),
+    "batch_size": ((int,), _positive, False),
+    "num_epochs": ((int,), _positive, False),
+    "learning_rate": ((float, int), _positive, False),
+    "lr_boundaries_epochs": ((tuple,), _boundaries, False),
+    "lr_decay_factor": ((float, int), lambda v: None if 0 < v <= 1 else "must be in (0, 1]", False),
+    "momentum": ((float, int), _unit_interval(closed_high=False), False),
+    "nesterov": ((bool,), None, False),
+    "weight_decay": ((float, int), _non_negative, False),
+    "eval_batch_size": ((int,), _positive, False),
+    "eval_every_epochs": ((int,), _at_least(1), False),
+    "checkpoint_every_epochs": ((int,), _at_least(1), False),
+    "checkpoint_every_steps": ((int,), _non_negative, False),
+    "keep_checkpoints": ((int,), _at_least(1), False),
+    "log_every_steps": ((int,), _at_least(1), False),
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises a ValueError naming the first field that is unknown, missing, of the wrong type or out of range."""
+    for name in config:
+        if name not in FIELDS:
+            raise ValueError(f"config.{name}: no such field. Valid fields are listed in configs/default.py "
+                             f"(see the README's config reference).")
+    for name, (types, check, nullable) in FIELDS.items():
+        if name not in config:
+            raise ValueError(f"config.{name}: missing. Build configs on configs/default.py's get_config().")
+        value = config[name]
+        if value is None:
+            if nullable:
+                continue
+            raise ValueError(f"config.{name}: must be set (got None).")
+        # bool is an int subclass: only accept it where bool is meant.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = " or ".join(t.__name__ for t in types)
+            raise ValueError(f"config.{name}: expected {expected}, got {type(value).__name__} {value!r}.")
+        problem = check(value) if check else None
+        if problem:
+            raise ValueError(f"config.{name}={value!r}: {problem}.")
+    methods.num_branches(config)  # the method's own limits on num_branches

@@ -1,0 +1,304 @@
+"""Training and evaluation: the train state, the sharded jit train step, and train_and_evaluate.
+
+Parallelism: one 'data' mesh axis over every device of every process; batches are sharded on it, the train
+state is replicated, and jax.jit inserts the gradient all-reduce. Batch-norm statistics are computed over the
+global batch, so a run does not depend on the device count.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from mbde_jax import checkpoint, config_validation, evaluation, input_pipeline, losses, methods, optim, sharding
+from mbde_jax.datasets import info as dataset_info
+from mbde_jax.model import OnlineKDModel
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training. The data position is derived from `step`."""
+
+    step: jax.Array  # int32 scalar: train steps completed
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def create_train_state(model: OnlineKDModel, tx: optax.GradientTransformation, seed: int,
+                       image_shape: tuple[int, int, int]) -> TrainState:
+    """Initialises parameters (each branch from its own key), batch statistics and the optimizer state."""
+    params_key, dropout_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), 0))
+    variables = model.init({"params": params_key, "dropout": dropout_key},
+                           jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: OnlineKDModel,
+               tx: optax.GradientTransformation, objective: Callable, learning_rate: optax.Schedule,
+               steps_per_epoch: int, rampup_epochs: int, deployed_branch: int, seed: int
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step: a pure function of (state, batch).
+
+    The step number lives in the state (so a restored state cannot disagree with it); the dropout key is
+    fold_in(key(seed), step + 1) and the ramp-up weight is that of epoch step // steps_per_epoch.
+
+    Args:
+      batch: {'image': float32 [batch, H, W, 3], 'label': int32 [batch]}.
+    Returns:
+      The next state and scalar metrics: every named loss term, the learning rate, and the train accuracy
+      of the deployed head.
+    """
+    step = state.step
+    epoch = step // steps_per_epoch
+    ramp_weight = losses.rampup_weight(epoch, rampup_epochs)
+    dropout_key = jax.random.fold_in(jax.random.key(seed), step + 1)
+
+    def loss_fn(params):
+        outputs, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            mutable=["batch_stats"], rngs={"dropout": dropout_key})
+        loss, metrics = objective(outputs, batch["label"], params, ramp_weight)
+        return loss, (metrics, updates["batch_stats"], outputs.logits[deployed_branch])
+
+    grads, (metrics, batch_stats, deployed_logits) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics)
+    metrics["learning_rate"] = jnp.asarray(learning_rate(step), jnp.float32)
+    metrics["accuracy_deployed"] = 100.0 * jnp.mean(jnp.argmax(deployed_logits, -1) == batch["label"])
+    new_state = state.replace(step=step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: OnlineKDModel,
+              method: methods.Method) -> dict[str, jax.Array]:
+    """Eval-mode forward pass of one padded batch -> sums to accumulate (see evaluation.eval_sums)."""
+    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
+    return evaluation.eval_sums(outputs, batch["label"], batch["mask"], method)
+
+
+class Trainer:
+    """The compiled steps and everything they need, built from one config on one mesh."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps_per_epoch: int):
+        config_validation.validate(config)
+        self.config = config
+        self.mesh = mesh
+        self.method = methods.get_method(config.method)
+        self.model = methods.build_model(config)
+        self.num_branches = self.model.num_branches
+        self.steps_per_epoch = steps_per_epoch
+        self.image_shape = dataset_info.get_dataset_info(config.dataset).image_shape
+        self.learning_rate = optim.learning_rate_schedule(config, steps_per_epoch)
+        self.tx = optim.make_optimizer(config, steps_per_epoch)
+        replicated = sharding.replicated_sharding(mesh)
+        batched = sharding.batch_sharding(mesh)
+        self._init = jax.jit(functools.partial(create_train_state, self.model, self.tx, config.seed,
+                                               self.image_shape), out_shardings=replicated)
+        step_fn = functools.partial(
+            train_step, model=self.model, tx=self.tx, objective=methods.make_objective(config),
+            learning_rate=self.learning_rate, steps_per_epoch=steps_per_epoch,
+            rampup_epochs=config.rampup_epochs,
+            deployed_branch=evaluation.deployed_branch(self.method, self.num_branches), seed=config.seed)
+        self.train_step = jax.jit(step_fn, in_shardings=(replicated, batched),
+                                  out_shardings=(replicated, replicated), donate_argnums=(0,))
+        self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, method=self.method),
+                                 in_shardings=(replicated, batched), out_shardings=replicated)
+
+    def init_state(self) -> TrainState:
+        return self._init()
+
+    def abstract_state(self) -> TrainState:
+        return checkpoint.abstract_like(jax.eval_shape(self._init))
+
+    def evaluate(self, state: TrainState, batches: Iterator[dict[str, jax.Array]]) -> dict:
+        total = evaluation.accumulate(self.eval_step(state, batch) for batch in batches)
+        return evaluation.summarize(total, self.method, self.num_branches)
+
+
+def _jsonable_config(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json())
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Names of the fields whose values differ between two JSON-normalised configs."""
+    names = sorted(set(saved) | set(current))
+    return [n for n in names if saved.get(n, "<absent>") != current.get(n, "<absent>")]
+
+
+def _write_json(path: str, payload: Any) -> None:
+    if jax.process_index() != 0:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+class _PendingMetrics:
+    """Per-step training metrics kept on the device until the next log, then checked and averaged."""
+
+    def __init__(self):
+        self._steps: list[tuple[int, dict[str, jax.Array]]] = []
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self._steps.append((step, metrics))
+
+    def flush(self, last_good_checkpoint: int | None) -> dict[str, float]:
+        """Averages the pending metrics; raises NonFiniteLossError naming the first step whose loss is not
+        finite. Returns {} when nothing is pending."""
+        if not self._steps:
+            return {}
+        steps, values = zip(*self._steps)
+        values = jax.device_get(values)
+        self._steps = []
+        for step, metrics in zip(steps, values):
+            if not np.isfinite(metrics["loss"]):
+                where = (f"the last good checkpoint (step {last_good_checkpoint}) is kept"
+                         if last_good_checkpoint is not None else "no checkpoint had been written yet")
+                raise NonFiniteLossError(
+                    f"training loss is {metrics['loss']} at step {step + 1} (1-based); stopping. {where}. "
+                    f"Lower config.learning_rate or the loss weights, or check the data.")
+        return {name: float(np.mean([m[name] for m in values])) for name in values[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+                       ) -> dict:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint, and returns results.json's content.
+
+    The workdir receives: config.json, checkpoints/ (orbax), TensorBoard events, history.json (every
+    evaluation) and, at the end, results.json (the final epoch's metrics of every head, the headline, and the
+    best epoch's, labelled as such).
+
+    Args:
+      allow_config_change: resume even if the workdir's checkpoint was made with a different config.
+    """
+    config_validation.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_data_mesh()
+    sharding.check_batch_divisible(config.batch_size, mesh)
+    sharding.check_batch_divisible(config.eval_batch_size, mesh, field="config.eval_batch_size")
+    logging.info("devices: %d x %s over %d process(es)", mesh.devices.size, jax.devices()[0].device_kind,
+                 jax.process_count())
+
+    pipeline = input_pipeline.TrainPipeline(
+        config.dataset, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh,
+        data_dir=config.data_dir, download=config.download,
+        train_splits=config.cinic10_train_splits if config.dataset == "cinic10" else None)
+    trainer = Trainer(config, mesh, pipeline.steps_per_epoch)
+    steps_per_epoch = pipeline.steps_per_epoch
+    total_steps = config.num_epochs * steps_per_epoch
+    current_config = _jsonable_config(config)
+
+    checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    meta = {"config": current_config, "history": [], "best": None}
+    if checkpointer.latest_step() is not None:
+        saved = checkpointer.restore_meta()
+        differences = config_differences(saved["config"], current_config)
+        if differences and not allow_config_change:
+            checkpointer.close()
+            raise ValueError(
+                f"{workdir} holds a checkpoint of a run with a different config (fields: "
+                f"{', '.join(differences)}). Use a new --workdir, or pass --allow_config_change to resume it "
+                f"with the new values.")
+        state, meta = checkpointer.restore(trainer.abstract_state())
+        meta["config"] = current_config
+        logging.info("resumed from step %d in %s", int(state.step), checkpointer.directory)
+    else:
+        state = trainer.init_state()
+    last_checkpoint = checkpointer.latest_step()
+    _write_json(os.path.join(workdir, "config.json"), current_config)
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if int(state.step) == 0:
+        writer.write_hparams({k: v for k, v in current_config.items() if isinstance(v, (int, float, str, bool))})
+    report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    pending = _PendingMetrics()
+    step = int(state.step)
+    start_epoch, start_batch = divmod(step, steps_per_epoch)
+    started = time.time()
+
+    def save(step: int) -> None:
+        nonlocal last_checkpoint
+        pending_summary = pending.flush(last_checkpoint)  # never checkpoint a non-finite state
+        if pending_summary:
+            writer.write_scalars(step, {f"train/{k}": v for k, v in pending_summary.items()})
+        checkpointer.save(step, state, meta)
+        last_checkpoint = step
+
+    try:
+        for epoch in range(start_epoch, config.num_epochs):
+            for batch in pipeline.epoch_batches(epoch, start_batch):
+                state, metrics = trainer.train_step(state, batch)
+                pending.add(step, metrics)
+                step += 1
+                report_progress(step)
+                if step % config.log_every_steps == 0:
+                    summary = pending.flush(last_checkpoint)
+                    writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+                if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 \
+                        and step % steps_per_epoch:
+                    save(step)
+            start_batch = 0
+            is_last = epoch + 1 == config.num_epochs
+            if (epoch + 1) % config.eval_every_epochs == 0 or is_last:
+                summary = pending.flush(last_checkpoint)
+                if summary:
+                    writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+                metrics = trainer.evaluate(state, input_pipeline.eval_batches(
+                    config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
+                    data_dir=config.data_dir, download=config.download))
+                entry = {"epoch": epoch + 1, "step": step, "metrics": metrics,
+                         "learning_rate": float(trainer.learning_rate(step - 1)),
+                         "ramp_weight": float(losses.rampup_weight(epoch, config.rampup_epochs))}
+                meta["history"].append(entry)
+                if meta["best"] is None or metrics["top1/deployed"] > meta["best"]["metrics"]["top1/deployed"]:
+                    meta["best"] = entry
+                writer.write_scalars(step, {f"test/{k}": v for k, v in evaluation.scalar_metrics(metrics).items()})
+                logging.info("epoch %d/%d: test top-1 %s %.2f%%, peer ensemble %.2f%%, diversity %.4f",
+                             epoch + 1, config.num_epochs, metrics["deployed_head"], metrics["top1/deployed"],
+                             metrics["top1/peer_ensemble"], metrics["diversity"])
+                _write_json(os.path.join(workdir, "history.json"), meta["history"])
+            if (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last:
+                save(step)
+        checkpointer.wait()
+    finally:
+        checkpointer.close()
+        writer.flush()
+
+    final = meta["history"][-1]
+    results = {
+        "method": config.method,
+        "dataset": config.dataset,
+        "arch": config.arch,
+        "num_branches": trainer.num_branches,
+        "seed": config.seed,
+        "deployed_head": final["metrics"]["deployed_head"],
+        "num_epochs": config.num_epochs,
+        "steps": step,
+        "final": final,
+        "best": dict(meta["best"], note="best epoch by the deployed head's test top-1; for reference only, "
+                                        "the headline is 'final'"),
+        "train_seconds_this_session": round(time.time() - started, 1),
+    }
+    _write_json(os.path.join(workdir, "results.json"), results)
+    return results
