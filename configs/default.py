@@ -31,6 +31,10 @@ def get_config() -> config_dict.ConfigDict:
     # Whether the branches share the low-level trunk. Unset (None): the method decides (dml: False,
     # every other method: True). Set it to override, e.g. `individual` with False = m separate networks.
     config.shared_trunk = config_dict.placeholder(bool)
+    # How the stacked branches are computed: vmap (one program over a branch axis: grouped convolutions),
+    # unrolled (one branch after another), scan (a loop), or auto: unrolled on CPU, vmap elsewhere.
+    # Same parameters and results either way; only speed differs.
+    config.branch_execution = "auto"
     # Dropout of VGG-16's MLP head (OKDDip's default 0.5); no other backbone has dropout.
     config.dropout_rate = 0.5
 

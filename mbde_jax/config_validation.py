@@ -58,6 +58,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], Check | None, bool]] = {
     "arch": ((str,), _one_of(BACKBONES), False),
     "num_branches": ((int,), _at_least(1), False),
     "shared_trunk": ((bool,), None, True),
+    "branch_execution": ((str,), _one_of(("auto", "vmap", "unrolled", "scan")), False),
     "dropout_rate": ((float, int), _unit_interval(closed_high=False), False),
     "method": ((str,), _one_of(methods.METHODS), False),
     "temperature": ((float, int), _positive, False),

@@ -64,6 +64,7 @@ class OnlineKDModel(nn.Module):
     attention_reduction: int = 8
     ffm_residual: bool = False
     dtype: layers.Dtype = jnp.float32
+    branch_execution: str = "vmap"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> ModelOutput:
@@ -73,7 +74,8 @@ class OnlineKDModel(nn.Module):
         out = MultiBranchNet(
             arch=self.arch, num_classes=self.num_classes, num_branches=self.num_branches,
             shared_trunk=self.shared_trunk, trunk_grad_scale=self.trunk_grad_scale,
-            dropout_rate=self.dropout_rate, dtype=self.dtype, name="network")(images, train=train)
+            dropout_rate=self.dropout_rate, dtype=self.dtype, branch_execution=self.branch_execution,
+            name="network")(images, train=train)
         extras = {}
         if self.heads in ("attention", "ffm_attention"):
             num_peers = self.num_branches - 1

@@ -22,7 +22,8 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from mbde_jax import checkpoint, config_validation, evaluation, input_pipeline, losses, methods, optim, sharding
+from mbde_jax import (checkpoint, config_validation, evaluation, input_pipeline, logs, losses, methods, optim,
+                      sharding)
 from mbde_jax.datasets import info as dataset_info
 from mbde_jax.model import OnlineKDModel
 
@@ -159,13 +160,15 @@ class _PendingMetrics:
 
     def __init__(self):
         self._steps: list[tuple[int, dict[str, jax.Array]]] = []
+        self._epoch_sums: dict[str, float] = {}
+        self._epoch_steps = 0
 
     def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
         self._steps.append((step, metrics))
 
     def flush(self, last_good_checkpoint: int | None) -> dict[str, float]:
         """Averages the pending metrics; raises NonFiniteLossError naming the first step whose loss is not
-        finite. Returns {} when nothing is pending."""
+        finite. Returns {} when nothing is pending. The epoch's running means are updated too."""
         if not self._steps:
             return {}
         steps, values = zip(*self._steps)
@@ -178,7 +181,25 @@ class _PendingMetrics:
                 raise NonFiniteLossError(
                     f"training loss is {metrics['loss']} at step {step + 1} (1-based); stopping. {where}. "
                     f"Lower config.learning_rate or the loss weights, or check the data.")
+        for metrics in values:
+            for name, value in metrics.items():
+                self._epoch_sums[name] = self._epoch_sums.get(name, 0.0) + float(value)
+        self._epoch_steps += len(values)
         return {name: float(np.mean([m[name] for m in values])) for name in values[0]}
+
+    def running_sums(self) -> dict:
+        """The epoch's running sums, saved in checkpoints so a resumed epoch reports the same means."""
+        return {"sums": dict(self._epoch_sums), "steps": self._epoch_steps}
+
+    def load_running_sums(self, saved: dict | None) -> None:
+        if saved:
+            self._epoch_sums, self._epoch_steps = dict(saved["sums"]), int(saved["steps"])
+
+    def epoch_means(self) -> dict[str, float]:
+        """Means over the steps flushed since the last call (the epoch's training metrics), then resets."""
+        means = {name: total / self._epoch_steps for name, total in self._epoch_sums.items()}
+        self._epoch_sums, self._epoch_steps = {}, 0
+        return means
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
@@ -193,6 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
       allow_config_change: resume even if the workdir's checkpoint was made with a different config.
     """
     config_validation.validate(config)
+    logs.quiet_library_info_logs()
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_data_mesh()
     sharding.check_batch_divisible(config.batch_size, mesh)
@@ -233,6 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
         writer.write_hparams({k: v for k, v in current_config.items() if isinstance(v, (int, float, str, bool))})
     report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
     pending = _PendingMetrics()
+    pending.load_running_sums(meta.get("train_running_sums"))
     step = int(state.step)
     start_epoch, start_batch = divmod(step, steps_per_epoch)
     started = time.time()
@@ -242,6 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
         pending_summary = pending.flush(last_checkpoint)  # never checkpoint a non-finite state
         if pending_summary:
             writer.write_scalars(step, {f"train/{k}": v for k, v in pending_summary.items()})
+        meta["train_running_sums"] = pending.running_sums()
         checkpointer.save(step, state, meta)
         last_checkpoint = step
 
@@ -267,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
                 metrics = trainer.evaluate(state, input_pipeline.eval_batches(
                     config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
                     data_dir=config.data_dir, download=config.download))
-                entry = {"epoch": epoch + 1, "step": step, "metrics": metrics,
+                entry = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train": pending.epoch_means(),
                          "learning_rate": float(trainer.learning_rate(step - 1)),
                          "ramp_weight": float(losses.rampup_weight(epoch, config.rampup_epochs))}
                 meta["history"].append(entry)

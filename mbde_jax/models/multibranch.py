@@ -68,13 +68,17 @@ class BranchNet(nn.Module):
     dropout_rate: float = 0.5
     train: bool = True
     dtype: layers.Dtype = jnp.float32
+    as_scan_body: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array):
+        """x -> outputs; as the body of nn.scan, x is the (unchanged) carry and the result (x, outputs)."""
+        inputs = x
         backbone = backbones.get_backbone(self.arch)
         if self.include_trunk:
             x = backbone.make_trunk(self.train, self.dtype, "trunk")(x)
-        return backbone.make_branch(self.num_classes, self.train, self.dtype, self.dropout_rate, "branch")(x)
+        outputs = backbone.make_branch(self.num_classes, self.train, self.dtype, self.dropout_rate, "branch")(x)
+        return (inputs, outputs) if self.as_scan_body else outputs
 
 
 class MultiBranchNet(nn.Module):
@@ -101,6 +105,7 @@ class MultiBranchNet(nn.Module):
     trunk_grad_scale: float = 1.0
     dropout_rate: float = 0.5
     dtype: layers.Dtype = jnp.float32
+    branch_execution: str = "vmap"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> MultiBranchOutput:
@@ -122,22 +127,18 @@ class MultiBranchNet(nn.Module):
             branch_input = scale_gradient(trunk_features, self.trunk_grad_scale)
         else:
             trunk_features = branch_input = images
-        vmapped_branches = nn.vmap(
-            BranchNet,
-            variable_axes={"params": 0, "batch_stats": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=None,
-            out_axes=0,
-            axis_size=self.num_branches,
-        )
-        feature_maps, pooled, logits = vmapped_branches(
-            arch=self.arch,
-            num_classes=self.num_classes,
-            include_trunk=not self.shared_trunk,
-            dropout_rate=self.dropout_rate,
-            train=train,
-            dtype=self.dtype,
-            name="branches",
-        )(branch_input)
+        branch_fields = dict(arch=self.arch, num_classes=self.num_classes, include_trunk=not self.shared_trunk,
+                             dropout_rate=self.dropout_rate, train=train, dtype=self.dtype, name="branches")
+        stacked = dict(variable_axes={"params": 0, "batch_stats": 0}, split_rngs={"params": True, "dropout": True})
+        if self.branch_execution == "vmap":
+            branches = nn.vmap(BranchNet, in_axes=None, out_axes=0, axis_size=self.num_branches, **stacked)
+            feature_maps, pooled, logits = branches(**branch_fields)(branch_input)
+        elif self.branch_execution in ("scan", "unrolled"):
+            branches = nn.scan(BranchNet, length=self.num_branches, out_axes=0,
+                               unroll=self.num_branches if self.branch_execution == "unrolled" else 1, **stacked)
+            _, (feature_maps, pooled, logits) = branches(as_scan_body=True, **branch_fields)(branch_input)
+        else:
+            raise ValueError(f"config.branch_execution: unknown value {self.branch_execution!r}; valid values are "
+                             f"['vmap', 'scan', 'unrolled'].")
         return MultiBranchOutput(
             logits=logits, feature_maps=feature_maps, pooled_features=pooled, trunk_features=trunk_features)

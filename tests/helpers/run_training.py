@@ -1,0 +1,60 @@
+"""Runs training in a fresh process for the tests that need one (device count, a killed run).
+
+    python tests/helpers/run_training.py '<json>'
+
+JSON fields: mode ('train' or 'losses'), workdir, metadata_dir, num_examples, overrides (config fields),
+kill_after_checkpoint_step (train mode: SIGKILL the process right after the checkpoint of that step is
+written), steps (losses mode). XLA_FLAGS must be set by the caller.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def main(args: dict) -> None:
+    import jax
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO)  # the tests read "resumed from step N"
+
+    from mbde_jax import checkpoint, config_utils, input_pipeline, sharding, train
+
+    config = config_utils.load_sibling(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config.update_from_flattened_dict(args.get("overrides", {}))
+    with input_pipeline.mocked_dataset(config.dataset, num_examples=args["num_examples"],
+                                       metadata_dir=args["metadata_dir"]):
+        if args["mode"] == "train":
+            kill_step = args.get("kill_after_checkpoint_step")
+            if kill_step is not None:
+                original_save = checkpoint.Checkpointer.save
+
+                def save_then_die(self, step, state, meta):
+                    original_save(self, step, state, meta)
+                    if step == kill_step:
+                        self.wait()
+                        os.kill(os.getpid(), signal.SIGKILL)
+
+                checkpoint.Checkpointer.save = save_then_die
+            train.train_and_evaluate(config, args["workdir"])
+        else:
+            mesh = sharding.make_data_mesh()
+            pipeline = input_pipeline.TrainPipeline(config.dataset, global_batch_size=config.batch_size,
+                                                    seed=config.seed, mesh=mesh, download=False)
+            trainer = train.Trainer(config, mesh, pipeline.steps_per_epoch)
+            state = trainer.init_state()
+            losses = []
+            for batch in pipeline.epoch_batches(0):
+                state, metrics = trainer.train_step(state, batch)
+                losses.append(float(metrics["loss"]))
+                if len(losses) == args["steps"]:
+                    break
+            print("LOSSES " + json.dumps({"devices": jax.device_count(), "losses": losses}))
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

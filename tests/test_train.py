@@ -1,0 +1,259 @@
+"""The training loop end to end on mocked CIFAR-10: every method, exact resume, device-count invariance,
+the optimizer and schedules, evaluate/export, and the guards."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from mbde_jax import (checkpoint, config_utils, config_validation, input_pipeline, losses, methods, optim,
+                      sharding, train)
+from mbde_jax import workdir as workdir_lib
+from mbde_jax.evaluate import evaluate_workdir
+from mbde_jax.export import export_deployed, load_deployed
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_EXAMPLES = 64  # mocked examples per split: 8 steps of batch 8 per epoch
+STEPS_PER_EPOCH = NUM_EXAMPLES // 8
+
+
+def _config(**overrides) -> ml_collections.ConfigDict:
+    config = config_utils.load_sibling(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def _train(tmp_path, workdir_name="run", **overrides) -> tuple[str, dict]:
+    workdir = str(tmp_path / workdir_name)
+    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
+        results = train.train_and_evaluate(_config(**overrides), workdir)
+    return workdir, results
+
+
+def _run_subprocess(args: dict, xla_devices: int) -> str:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={xla_devices}")
+    completed = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "run_training.py"),
+                                json.dumps(args)], env=env, capture_output=True, text=True, timeout=600)
+    return completed
+
+
+@pytest.mark.parametrize("method", list(methods.METHODS))
+def test_two_epochs_of_every_method(tmp_path, method):
+    workdir, results = _train(tmp_path, method=method)
+    history = json.loads(pathlib.Path(workdir, "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [1, 2]
+    first, second = (entry["train"]["loss"] for entry in history)
+    assert np.isfinite(first) and np.isfinite(second)
+    assert second < first, f"{method}: mean train loss went from {first} to {second}"
+
+    on_disk = json.loads(pathlib.Path(workdir, "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    final = results["final"]["metrics"]
+    assert results["final"]["epoch"] == 2 and results["steps"] == 2 * STEPS_PER_EPOCH
+    assert final["num_examples"] == NUM_EXAMPLES
+    m = 1 if method == "vanilla" else 3
+    has_leader = methods.get_method(method).has_leader
+    branch_names = ([f"peer_{i}" for i in range(m - 1)] + ["leader"]) if has_leader else \
+        [f"branch_{i}" for i in range(m)]
+    for head in branch_names + ["peer_ensemble", "peer_mean", "deployed"]:
+        assert 0.0 <= final[f"top1/{head}"] <= final[f"top5/{head}"] <= 100.0
+    assert final["deployed_head"] == ("leader" if has_leader else "branch_0")
+    assert final["top1/deployed"] == final[f"top1/{final['deployed_head']}"]
+    assert ("attention" in final) == has_leader
+    assert ("gate" in final) == (method == "one")
+    if has_leader:
+        np.testing.assert_allclose(np.sum(final["attention"], axis=-1), 1.0, rtol=1e-5)
+    assert "note" in results["best"] and results["best"]["metrics"]["top1/deployed"] >= final["top1/deployed"]
+    assert json.loads(pathlib.Path(workdir, "config.json").read_text())["method"] == method
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("finished")
+    workdir, results = _train(tmp_path, method="okddip")
+    return tmp_path, workdir, results
+
+
+def test_evaluate_reproduces_the_final_metrics(finished_run):
+    tmp_path, workdir, results = finished_run
+    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
+        metrics = evaluate_workdir(workdir)
+    for key, value in results["final"]["metrics"].items():
+        if isinstance(value, float):
+            assert metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_exported_leader_reproduces_the_leader_accuracy(finished_run, tmp_path):
+    data_tmp, workdir, results = finished_run
+    spec = export_deployed(workdir, str(tmp_path / "export"))
+    assert spec["deployed_head"] == "leader"
+    model = load_deployed(str(tmp_path / "export"))
+    params = model.variables["params"]
+    assert set(params) == {"trunk", "branches"}  # no attention, no FFM, no gate
+    assert jax.tree_util.tree_leaves(params["branches"])[0].shape[0] == 1  # the leader alone
+    mesh = sharding.make_data_mesh()
+    correct = total = 0
+    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
+        for batch in input_pipeline.eval_batches("cifar10", global_batch_size=8, mesh=mesh, download=False):
+            logits = np.asarray(model.predict(np.asarray(batch["image"])))
+            mask = np.asarray(batch["mask"])
+            correct += np.sum((logits.argmax(-1) == np.asarray(batch["label"])) * mask)
+            total += mask.sum()
+    assert total == NUM_EXAMPLES
+    assert 100.0 * correct / total == pytest.approx(results["final"]["metrics"]["top1/leader"], abs=1e-6)
+
+
+def test_resume_after_a_kill_is_bit_identical(tmp_path):
+    common = dict(mode="train", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES,
+                  overrides={"method": "mbde", "checkpoint_every_steps": 3})
+    uninterrupted = _run_subprocess(dict(common, workdir=str(tmp_path / "straight")), xla_devices=2)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    killed = _run_subprocess(dict(common, workdir=str(tmp_path / "resumed"), kill_after_checkpoint_step=12),
+                             xla_devices=2)
+    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, mid-epoch 2 (8 steps per epoch)
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    resumed = _run_subprocess(dict(common, workdir=str(tmp_path / "resumed")), xla_devices=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step 12" in resumed.stderr
+
+    final = {}
+    for name in ("straight", "resumed"):
+        workdir = str(tmp_path / name)
+        results = json.loads(pathlib.Path(workdir, "results.json").read_text())
+        _, state, _ = workdir_lib.restore_latest(workdir)
+        final[name] = (results, state, json.loads(pathlib.Path(workdir, "history.json").read_text()))
+    (results_a, state_a, history_a), (results_b, state_b, history_b) = final["straight"], final["resumed"]
+    assert results_a["final"] == results_b["final"] and results_a["best"] == results_b["best"]
+    assert history_a == history_b
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(state_a), jax.tree_util.tree_leaves(state_b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for a, b in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_loss_trajectory_does_not_depend_on_the_device_count(tmp_path):
+    args = dict(mode="losses", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES, steps=6,
+                overrides={"method": "mbde"})
+    trajectories = {}
+    for devices in (1, 2):
+        completed = _run_subprocess(args, xla_devices=devices)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        line = next(l for l in completed.stdout.splitlines() if l.startswith("LOSSES "))
+        payload = json.loads(line[len("LOSSES "):])
+        assert payload["devices"] == devices
+        trajectories[devices] = payload["losses"]
+    assert len(trajectories[1]) == 6
+    # float32 all-reduces sum in a different order on 2 devices; the losses (about 8: three CEs) agree to 1e-5
+    # relative, i.e. to a few float32 ulps, over the whole trajectory.
+    np.testing.assert_allclose(trajectories[1], trajectories[2], rtol=1e-5, atol=0)
+
+
+def test_optimizer_matches_a_pytorch_style_nesterov_update():
+    config = _config(learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
+    tx = optim.make_optimizer(config, steps_per_epoch=10)
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(5, 3)).astype(np.float32)
+    grads = [rng.normal(size=(5, 3)).astype(np.float32) for _ in range(3)]
+    params = {"w": jnp.asarray(p)}
+    state = tx.init(params)
+    buf = np.zeros_like(p)
+    lr, mu, wd = np.float32(0.1), np.float32(0.9), np.float32(5e-4)
+    for g in grads:  # PyTorch SGD(momentum, nesterov, weight_decay), in float32 as PyTorch computes it
+        d = g + wd * p
+        buf = mu * buf + d
+        p = p - lr * (d + mu * buf)
+        updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(np.asarray(params["w"]), p, rtol=0, atol=1e-7)
+
+
+def test_learning_rate_schedule_epochs():
+    config = _config(learning_rate=0.1, lr_boundaries_epochs=(150, 225), lr_decay_factor=0.1)
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch=390)
+    lr_of_epoch = lambda epoch: float(schedule(epoch * 390))  # 0-based epoch's first step  # noqa: E731
+    last_step_of = lambda epoch: float(schedule(epoch * 390 + 389))  # noqa: E731
+    np.testing.assert_allclose([lr_of_epoch(0), last_step_of(147), last_step_of(148)], 0.1, rtol=1e-6)
+    np.testing.assert_allclose([lr_of_epoch(149), last_step_of(223)], 0.01, rtol=1e-6)
+    np.testing.assert_allclose([lr_of_epoch(224), lr_of_epoch(299)], 0.001, rtol=1e-6)
+
+
+def test_rampup_weight_epochs():
+    np.testing.assert_allclose(losses.rampup_weight(0, 80), np.exp(-5.0), rtol=1e-6)
+    np.testing.assert_allclose(losses.rampup_weight(40, 80), np.exp(-5.0 * 0.25), rtol=1e-6)
+    np.testing.assert_allclose([losses.rampup_weight(80, 80), losses.rampup_weight(299, 80)], 1.0)
+
+
+def test_schema_matches_default_config():
+    config = config_utils.load_sibling(str(ROOT / "configs" / "default.py"), "default").get_config()
+    assert set(config) == set(config_validation.FIELDS)
+    config_validation.validate(config)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"num_epochs": 0}, r"config\.num_epochs=0: must be > 0"),
+    ({"learning_rate": -0.1}, r"config\.learning_rate=-0\.1: must be > 0"),
+    ({"momentum": 1.5}, r"config\.momentum=1\.5: must be in \[0, 1\)"),
+    ({"lr_boundaries_epochs": (225, 150)}, r"config\.lr_boundaries_epochs.*strictly increasing"),
+    ({"dataset": "mnist"}, r"config\.dataset='mnist': must be one of \['cifar10', 'cifar100', 'cinic10', 'digits'\]"),
+    ({"method": "mbde", "num_branches": 2}, r"config\.num_branches: method 'mbde' needs at least 2 peers"),
+])
+def test_bad_values_name_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config_validation.validate(_config(**overrides))
+
+
+def test_unknown_field_and_wrong_type_in_a_config_file():
+    config = _config()
+    config.unlock()
+    config.learning_rat = 0.1
+    with pytest.raises(ValueError, match=r"config\.learning_rat: no such field"):
+        config_validation.validate(config)
+    config = ml_collections.ConfigDict(dict(_config().to_dict(), num_epochs="300"))  # a file written by hand
+    with pytest.raises(ValueError, match=r"config\.num_epochs: expected int, got str '300'"):
+        config_validation.validate(config)
+
+
+def test_command_line_typo_is_refused_before_training(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "test.py"),
+         "--workdir", str(tmp_path / "w"), "--config.num_epoch=3"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode != 0
+    assert "num_epoch" in completed.stderr and 'Did you mean "num_epochs"' in completed.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_batch_that_does_not_divide_over_devices_is_refused(tmp_path):
+    assert jax.device_count() == 2
+    with pytest.raises(ValueError, match=r"config\.batch_size=7 is not a positive multiple of the device count"):
+        _train(tmp_path, batch_size=7)
+
+
+def test_different_config_on_resume_is_refused_unless_allowed(finished_run):
+    tmp_path, workdir, _ = finished_run
+    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
+        with pytest.raises(ValueError, match=r"different config \(fields: kd_weight, temperature\).*"
+                                             r"--allow_config_change"):
+            train.train_and_evaluate(_config(method="okddip", temperature=4.0, kd_weight=2.0), workdir)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    workdir, _ = _train(tmp_path, method="individual", num_epochs=1)
+    good = checkpoint.Checkpointer(workdir, read_only=True)
+    assert good.latest_step() == STEPS_PER_EPOCH
+    good.close()
+    config = _config(method="individual", num_epochs=2, learning_rate=1e30)
+    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
+        with pytest.raises(train.NonFiniteLossError,
+                           match=rf"at step \d+ \(1-based\).*last good checkpoint \(step {STEPS_PER_EPOCH}\)"):
+            train.train_and_evaluate(config, workdir, allow_config_change=True)
+    after = checkpoint.Checkpointer(workdir, read_only=True)
+    assert after.latest_step() == STEPS_PER_EPOCH
+    after.close()
