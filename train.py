@@ -37,9 +37,13 @@ def main(argv):
 
     if _DISTRIBUTED.value or _multi_process_environment():
         jax.distributed.initialize()
-    from mbde_jax import train
+    from mbde_jax import config_validation, input_pipeline, train
 
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    try:
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    except (config_validation.ConfigError, input_pipeline.DatasetUnavailableError, train.NonFiniteLossError) as error:
+        # What the user must change is in the message; a traceback would only bury it.
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

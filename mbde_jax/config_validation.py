@@ -18,6 +18,10 @@ from mbde_jax.models import BACKBONES
 Check = Callable[[Any], str | None]  # returns what is wrong, or None
 
 
+class ConfigError(ValueError):
+    """A config (or a config/workdir combination) that cannot run; the message names the field and the fix."""
+
+
 def _positive(value) -> str | None:
     return None if value > 0 else "must be > 0"
 
@@ -89,24 +93,33 @@ FIELDS: dict[str, tuple[tuple[type, ...], Check | None, bool]] = {
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises a ValueError naming the first field that is unknown, missing, of the wrong type or out of range."""
+    """Raises a ConfigError naming the first field that is unknown, missing, of the wrong type or out of range."""
+    try:
+        _validate(config)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
     for name in config:
         if name not in FIELDS:
-            raise ValueError(f"config.{name}: no such field. Valid fields are listed in configs/default.py "
+            raise ConfigError(f"config.{name}: no such field. Valid fields are listed in configs/default.py "
                              f"(see the README's config reference).")
     for name, (types, check, nullable) in FIELDS.items():
         if name not in config:
-            raise ValueError(f"config.{name}: missing. Build configs on configs/default.py's get_config().")
+            raise ConfigError(f"config.{name}: missing. Build configs on configs/default.py's get_config().")
         value = config[name]
         if value is None:
             if nullable:
                 continue
-            raise ValueError(f"config.{name}: must be set (got None).")
+            raise ConfigError(f"config.{name}: must be set (got None).")
         # bool is an int subclass: only accept it where bool is meant.
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             expected = " or ".join(t.__name__ for t in types)
-            raise ValueError(f"config.{name}: expected {expected}, got {type(value).__name__} {value!r}.")
+            raise ConfigError(f"config.{name}: expected {expected}, got {type(value).__name__} {value!r}.")
         problem = check(value) if check else None
         if problem:
-            raise ValueError(f"config.{name}={value!r}: {problem}.")
+            raise ConfigError(f"config.{name}={value!r}: {problem}.")
     methods.num_branches(config)  # the method's own limits on num_branches

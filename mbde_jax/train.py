@@ -217,8 +217,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
     logs.quiet_library_info_logs()
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_data_mesh()
-    sharding.check_batch_divisible(config.batch_size, mesh)
-    sharding.check_batch_divisible(config.eval_batch_size, mesh, field="config.eval_batch_size")
+    try:
+        sharding.check_batch_divisible(config.batch_size, mesh)
+        sharding.check_batch_divisible(config.eval_batch_size, mesh, field="config.eval_batch_size")
+    except ValueError as error:
+        raise config_validation.ConfigError(str(error)) from None
     logging.info("devices: %d x %s over %d process(es)", mesh.devices.size, jax.devices()[0].device_kind,
                  jax.process_count())
 
@@ -238,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
         differences = config_differences(saved["config"], current_config)
         if differences and not allow_config_change:
             checkpointer.close()
-            raise ValueError(
+            raise config_validation.ConfigError(
                 f"{workdir} holds a checkpoint of a run with a different config (fields: "
                 f"{', '.join(differences)}). Use a new --workdir, or pass --allow_config_change to resume it "
                 f"with the new values.")
