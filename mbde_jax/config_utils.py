@@ -20,3 +20,15 @@ def load_sibling(config_file: str, name: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_config(config_file: str, overrides: dict | None = None):
+    """`get_config()` of a config file, with flattened overrides applied ({'num_epochs': 2, ...}).
+
+    For notebooks and scripts; the command-line tools take --config.<field>=<value> instead.
+    """
+    path = pathlib.Path(config_file).resolve()
+    config = load_sibling(str(path), path.stem).get_config()
+    if overrides:
+        config.update_from_flattened_dict(dict(overrides))
+    return config
