@@ -1,0 +1,257 @@
+"""Runs every method x seed of one config, one run after another, each in its own workdir.
+
+    python -m mbde_jax.sweep --config configs/cifar100_resnet32.py --methods mbde,okddip --seeds 0,1,2 \\
+        --workdir workdirs/c100_r32 [--config.<field>=<value> ...] [--dry_run]
+
+Layout: the run of method M and seed S lives in <workdir>/M/seed_S/ (a normal training workdir: config.json,
+history.json, results.json, checkpoints/, TensorBoard events), so `python -m mbde_jax.report <workdir>` finds
+every run of the sweep.
+
+Each run is `mbde_jax.train.train_and_evaluate` on a copy of the config with `method` and `seed` replaced, in
+this process, on every device it sees. Starting the same sweep again:
+  * skips a finished run: results.json reports the config's last epoch and config.json equals the config;
+  * resumes a stopped run from its latest checkpoint (train_and_evaluate resumes by itself);
+  * starts a run that has no checkpoint yet.
+Everything that could stop the sweep later is checked before the first run starts: the method names, each run's
+config, and every existing workdir's config against the one it would now be given. A run that fails (e.g. a
+non-finite loss) does not stop the others; the sweep exits with an error naming it at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import traceback
+from typing import Callable, Sequence
+
+import ml_collections
+from absl import logging
+
+from mbde_jax import config_validation, methods
+
+# Fields in which a finished run's config.json may differ from the sweep's config and still be skipped as this
+# sweep's run: where the data was read from does not change what was trained.
+IGNORED_FIELDS = ("data_dir",)
+
+STATUS_FINISHED = "finished"  # results.json of the config's last epoch: skipped
+STATUS_RESUME = "resume"      # a checkpoint but no final results: resumed from the checkpoint
+STATUS_NEW = "new"            # no checkpoint: trained from the start
+
+
+def run_workdir(root: str, method: str, seed: int) -> str:
+    """The workdir of one run of a sweep rooted at `root`."""
+    return os.path.join(root, method, f"seed_{seed}")
+
+
+def run_config(config: ml_collections.ConfigDict, method: str, seed: int) -> ml_collections.ConfigDict:
+    """A copy of `config` with `method` and `seed` replaced (the original is not touched)."""
+    copy = config.copy_and_resolve_references()
+    copy.method = method
+    copy.seed = seed
+    return copy
+
+
+def _jsonable(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json())
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _latest_checkpoint_step(workdir: str) -> int | None:
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    from mbde_jax import checkpoint  # orbax: imported only when a workdir has checkpoints
+
+    checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
+    try:
+        return checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+
+
+@dataclasses.dataclass
+class PlannedRun:
+    """One method x seed of a sweep and what the sweep will do with it.
+
+    Attributes:
+      status: STATUS_FINISHED, STATUS_RESUME or STATUS_NEW before the sweep runs it.
+      checkpoint_step: the step a resumed run restarts from.
+      outcome: after the sweep: 'skipped', 'trained', 'resumed' or 'failed: <error>'.
+    """
+
+    method: str
+    seed: int
+    workdir: str
+    config: ml_collections.ConfigDict
+    status: str
+    checkpoint_step: int | None = None
+    outcome: str | None = None
+    seconds: float = 0.0
+
+
+def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return False
+    results = _read_json(path)
+    return results.get("num_epochs") == config.num_epochs and results["final"]["epoch"] == config.num_epochs
+
+
+def _config_conflict(workdir: str, config: ml_collections.ConfigDict, ignored: Sequence[str]) -> str | None:
+    """What differs between the workdir's config.json and `config` outside `ignored` (None if nothing, or no
+    config.json)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    saved, current = _read_json(path), _jsonable(config)
+    fields = [name for name in sorted(set(saved) | set(current))
+              if name not in ignored and saved.get(name, "<absent>") != current.get(name, "<absent>")]
+    if not fields:
+        return None
+    return ", ".join(f"{name}: {saved.get(name, '<absent>')!r} there, {current.get(name, '<absent>')!r} now"
+                     for name in fields)
+
+
+def plan(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: Sequence[int], root: str
+         ) -> list[PlannedRun]:
+    """Checks everything a sweep needs and says what it will do with each run, method-major.
+
+    Raises:
+      ValueError: an unknown method (the message lists the valid ones), a run config that does not validate,
+        an empty or repeated list, or an existing workdir made with a different config.
+    """
+    if not method_names or not seeds:
+        raise ValueError("the sweep needs at least one method (--methods) and one seed (--seeds)")
+    for name, values in (("methods", method_names), ("seeds", seeds)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"--{name} lists a value twice: {list(values)}")
+    unknown = [name for name in method_names if name not in methods.METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; valid methods are {list(methods.METHODS)}")
+    runs, conflicts = [], []
+    for method in method_names:
+        for seed in seeds:
+            workdir = run_workdir(root, method, seed)
+            config_for_run = run_config(config, method, seed)
+            config_validation.validate(config_for_run)
+            checkpoint_step = _latest_checkpoint_step(workdir)
+            finished = _finished(workdir, config_for_run)
+            # train_and_evaluate refuses to resume a checkpoint of a config that differs in any field, data_dir
+            # included; a finished run is only read, so where its data was read from does not matter.
+            conflict = _config_conflict(workdir, config_for_run, ignored=IGNORED_FIELDS if finished else ())
+            if conflict and (checkpoint_step is not None or os.path.exists(os.path.join(workdir, "results.json"))):
+                conflicts.append(f"{workdir}: {conflict}")
+                continue
+            if finished:
+                status = STATUS_FINISHED
+            elif checkpoint_step is not None:
+                status = STATUS_RESUME
+            else:
+                status = STATUS_NEW
+            runs.append(PlannedRun(method, seed, workdir, config_for_run, status, checkpoint_step))
+    if conflicts:
+        raise ValueError("these workdirs hold runs of a different config; give the sweep a new --workdir (or "
+                         "move them away) rather than mixing experiments:\n  " + "\n  ".join(conflicts))
+    return runs
+
+
+def describe(run: PlannedRun) -> str:
+    """One line: the run and what the sweep does (or did) with it."""
+    what = run.outcome or {STATUS_FINISHED: "finished: will be skipped",
+                           STATUS_RESUME: f"stopped: will resume from step {run.checkpoint_step}",
+                           STATUS_NEW: "will start"}[run.status]
+    took = f" ({run.seconds:.0f} s)" if run.outcome in ("trained", "resumed") else ""
+    return f"{run.method:<12} seed {run.seed:<4} {what}{took}  [{run.workdir}]"
+
+
+def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: Sequence[int], root: str, *,
+              train_fn: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
+              dry_run: bool = False) -> list[PlannedRun]:
+    """Plans the sweep (see `plan`), then trains every run that is not finished, one after another.
+
+    Args:
+      train_fn: trains one (config, workdir); default mbde_jax.train.train_and_evaluate.
+      dry_run: only plan and log what would be done.
+    Returns:
+      The runs in order, each with its `outcome`. A failed run is logged with its traceback and the others
+      still run; the caller decides what a failure means (the CLI exits with status 1).
+    """
+    runs = plan(config, method_names, seeds, root)
+    todo = sum(run.status != STATUS_FINISHED for run in runs)
+    logging.info("sweep of %d runs under %s (%d to train):\n%s", len(runs), root, todo,
+                 "\n".join(describe(run) for run in runs))
+    if dry_run:
+        return runs
+    if train_fn is None:
+        from mbde_jax import train  # TensorFlow, tfds and orbax: imported only when something is trained
+
+        train_fn = train.train_and_evaluate
+    for index, run in enumerate(runs, 1):
+        if run.status == STATUS_FINISHED:
+            run.outcome = "skipped"
+            continue
+        logging.info("sweep run %d/%d: %s", index, len(runs), describe(run))
+        started = time.time()
+        try:
+            train_fn(run.config, run.workdir)
+        except Exception as error:  # one diverged or broken run must not lose the rest of a long sweep
+            logging.error("sweep run %s seed %d failed:\n%s", run.method, run.seed, traceback.format_exc())
+            run.outcome = f"failed: {type(error).__name__}: {error}"
+        else:
+            run.outcome = "resumed" if run.status == STATUS_RESUME else "trained"
+        run.seconds = time.time() - started
+    logging.info("sweep done:\n%s", "\n".join(describe(run) for run in runs))
+    return runs
+
+
+def _parse_seeds(values: Sequence[str]) -> list[int]:
+    try:
+        return [int(value) for value in values]
+    except ValueError:
+        raise ValueError(f"--seeds must be whole numbers separated by commas, e.g. 0,1,2; got {list(values)}"
+                         ) from None
+
+
+def _run_cli() -> None:
+    # Flags are defined here, not at import: other modules (train.py) define --config too.
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flag = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+                                                  lock_config=True)
+    methods_flag = flags.DEFINE_list("methods", None, "Methods to run, comma separated (default: config.method). "
+                                     f"Valid: {','.join(methods.METHODS)}.")
+    seeds_flag = flags.DEFINE_list("seeds", None, "Seeds to run, comma separated (default: config.seed).")
+    workdir_flag = flags.DEFINE_string("workdir", None, "Root of the sweep: run M, seed S goes to <workdir>/M/seed_S.")
+    dry_run_flag = flags.DEFINE_bool("dry_run", False, "Only check the sweep and print what it would do.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        from mbde_jax import logs
+
+        logs.quiet_library_info_logs()
+        config = config_flag.value
+        try:
+            runs = run_sweep(config, methods_flag.value or [config.method],
+                             _parse_seeds(seeds_flag.value) if seeds_flag.value else [config.seed],
+                             workdir_flag.value, dry_run=dry_run_flag.value)
+        except ValueError as error:  # a bad sweep: say what is wrong without the flag listing of a UsageError
+            raise SystemExit(f"mbde_jax.sweep: {error}") from None
+        failed = [run for run in runs if run.outcome and run.outcome.startswith("failed")]
+        if failed:
+            raise SystemExit(f"{len(failed)} run(s) failed:\n" + "\n".join(describe(run) for run in failed))
+        if not dry_run_flag.value:
+            print(f"all {len(runs)} runs finished; tables and plots: python -m mbde_jax.report {workdir_flag.value}")
+
+    app.run(main)
+
+
+if __name__ == "__main__":
+    _run_cli()

@@ -1,0 +1,153 @@
+"""The sweep on mocked CIFAR-10: one workdir per method x seed, finished runs skipped, stopped runs resumed from
+their checkpoint, bad sweeps refused before anything trains.
+
+The sweep built here (configs/test.py, methods mbde and one, seeds 0 and 1) is also what tests/test_report.py
+reports on: `built_sweep` builds it once per test session, whichever module asks first.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mbde_jax import config_utils, input_pipeline, sweep, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_EXAMPLES = 64  # mocked examples per split: 8 steps of batch 8 per epoch
+METHODS = ("mbde", "one")  # one with peer attention and a leader, one with a gate and no leader
+SEEDS = (0, 1)
+EPOCHS = 2
+
+
+def _config():
+    return config_utils.load_sibling(str(ROOT / "configs" / "test.py"), "test").get_config()
+
+
+@contextlib.contextmanager
+def _recording_training():
+    """Yields (train_fn for run_sweep, {workdir: [[epoch, start_batch], ...]}) listing every epoch (part) that
+    each run trained, as the input pipeline was asked for it."""
+    trained: dict[str, list] = {}
+    current = []
+    original = input_pipeline.TrainPipeline.epoch_batches
+
+    def epoch_batches(self, epoch, start_batch=0):
+        trained[current[-1]].append([epoch, start_batch])
+        return original(self, epoch, start_batch)
+
+    def train_fn(config, workdir):
+        current.append(workdir)
+        trained[workdir] = []
+        return train.train_and_evaluate(config, workdir)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(input_pipeline.TrainPipeline, "epoch_batches", epoch_batches)
+        yield train_fn, trained
+
+
+def _sweep(root, metadata_dir, methods=METHODS, seeds=SEEDS):
+    """Runs the sweep on mocked data; returns (planned runs with outcomes, what each run trained)."""
+    with _recording_training() as (train_fn, trained), \
+            input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(metadata_dir)):
+        runs = sweep.run_sweep(_config(), methods, seeds, str(root), train_fn=train_fn)
+    return runs, trained
+
+
+def built_sweep(tmp_path_factory) -> dict:
+    """Builds the test sweep once per session and returns {'root', 'outcomes', 'trained'}.
+
+    Under pytest-xdist each worker has its own basetemp inside one directory of the session; the sweep is built
+    there by the first worker that asks, under a file lock, and the others wait and reuse it.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(shared / "test_sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = shared / "test_sweep" / "built.json"
+        if not record.exists():
+            root = shared / "test_sweep" / "root"
+            runs, trained = _sweep(root, shared / "test_sweep" / "meta")
+            record.write_text(json.dumps({
+                "root": str(root), "trained": trained,
+                "outcomes": {run.workdir: run.outcome for run in runs}}))
+        return json.loads(record.read_text())
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    return built_sweep(tmp_path_factory)
+
+
+def test_every_method_and_seed_trains_in_its_own_workdir(swept):
+    root = swept["root"]
+    expected = [os.path.join(root, method, f"seed_{seed}") for method in METHODS for seed in SEEDS]
+    assert list(swept["outcomes"]) == expected
+    assert set(swept["outcomes"].values()) == {"trained"}
+    for workdir in expected:
+        assert swept["trained"][workdir] == [[epoch, 0] for epoch in range(EPOCHS)]  # from scratch
+        results = json.loads(pathlib.Path(workdir, "results.json").read_text())
+        method, seed = workdir.split(os.sep)[-2:]
+        assert (results["method"], results["seed"], results["final"]["epoch"]) == (method, int(seed[5:]), EPOCHS)
+
+
+def test_a_second_sweep_skips_the_finished_runs(swept, tmp_path):
+    root = pathlib.Path(swept["root"])
+    outputs = sorted(root.glob("*/seed_*/*.json"))
+    before = {path: path.stat().st_mtime_ns for path in outputs}
+    runs, trained = _sweep(root, tmp_path / "meta")
+    assert [run.status for run in runs] == [sweep.STATUS_FINISHED] * len(METHODS) * len(SEEDS)
+    assert {run.outcome for run in runs} == {"skipped"}
+    assert trained == {}
+    assert {path: path.stat().st_mtime_ns for path in outputs} == before
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint(swept, tmp_path):
+    finished = pathlib.Path(swept["root"], "mbde", "seed_0")
+    stopped = tmp_path / "root" / "mbde" / "seed_0"
+    shutil.copytree(finished, stopped)
+    # The state a run is left in when it is killed after evaluating epoch 2 but before its checkpoint: the
+    # checkpoint of epoch 1 (step 8) is the latest and there is no results.json.
+    shutil.rmtree(stopped / "checkpoints" / str(EPOCHS * NUM_EXAMPLES // 8))
+    (stopped / "results.json").unlink()
+
+    runs, trained = _sweep(tmp_path / "root", tmp_path / "meta", methods=["mbde"], seeds=[0])
+    assert [(run.status, run.checkpoint_step, run.outcome) for run in runs] == [(sweep.STATUS_RESUME, 8, "resumed")]
+    assert trained == {str(stopped): [[1, 0]]}  # only epoch 2 was trained again
+    original = json.loads((finished / "results.json").read_text())
+    resumed = json.loads((stopped / "results.json").read_text())
+    assert resumed["final"] == original["final"]  # and it is the run that was stopped, not a new one
+
+
+def test_an_unknown_method_fails_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match="valid methods are .*'mbde'.*'okddip'") as error:
+        sweep.run_sweep(_config(), ["mbde", "nope"], [0], str(tmp_path / "root"))
+    assert "nope" in str(error.value)
+    assert not (tmp_path / "root").exists()
+
+
+def test_a_sweep_over_runs_of_another_config_is_refused_from_the_command_line(swept):
+    # --config.<field> reaches the sweep, and the finished runs made with learning_rate 0.1 are not reused.
+    completed = subprocess.run(
+        [sys.executable, "-m", "mbde_jax.sweep", f"--config={ROOT / 'configs' / 'test.py'}", "--methods=mbde",
+         "--seeds=0,1", f"--workdir={swept['root']}", "--config.learning_rate=0.2", "--dry_run"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    assert "different config" in completed.stderr
+    assert "learning_rate: 0.1 there, 0.2 now" in completed.stderr
+    assert os.path.join(swept["root"], "mbde", "seed_1") in completed.stderr
+
+
+def test_the_dry_run_of_the_command_line_plans_without_training(swept):
+    completed = subprocess.run(
+        [sys.executable, "-m", "mbde_jax.sweep", f"--config={ROOT / 'configs' / 'test.py'}", "--methods=one,mbde",
+         "--seeds=1,2", f"--workdir={swept['root']}", "--dry_run"], capture_output=True, text=True, timeout=300,
+        cwd=ROOT)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "finished: will be skipped" in completed.stderr and "will start" in completed.stderr
+    assert not pathlib.Path(swept["root"], "one", "seed_2").exists()
