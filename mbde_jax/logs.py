@@ -12,6 +12,8 @@ _QUIET_PATHS = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/etils/")
 
 class _QuietLibraries(std_logging.Filter):
     def filter(self, record: std_logging.LogRecord) -> bool:
+        if "/orbax/" in record.pathname and "read only" in record.getMessage().replace("read_only", "read only"):
+            return False  # reading a checkpoint (evaluate, export, report) is read-only on purpose
         if record.levelno >= std_logging.WARNING:
             return True
         return not any(path in record.pathname for path in _QUIET_PATHS)
