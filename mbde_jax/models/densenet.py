@@ -36,9 +36,9 @@ class DenseLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = nn.relu(layers.batch_norm(self.train)(x))
+        y = layers.relu(layers.batch_norm(self.train)(x))
         y = layers.conv(BOTTLENECK_WIDTH, 1, kernel_init=layers.kaiming_normal_fan_in, dtype=self.dtype)(y)
-        y = nn.relu(layers.batch_norm(self.train)(y))
+        y = layers.relu(layers.batch_norm(self.train)(y))
         y = layers.conv(GROWTH_RATE, 3, kernel_init=layers.kaiming_normal_fan_in, dtype=self.dtype)(y)
         return jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
 
@@ -51,7 +51,7 @@ def _dense_block(x: jax.Array, train: bool, dtype: layers.Dtype, prefix: str) ->
 
 def _transition(x: jax.Array, train: bool, dtype: layers.Dtype, prefix: str) -> jax.Array:
     """BN-ReLU-conv1x1 halving the channels, then a 2x2 average pool."""
-    x = nn.relu(layers.batch_norm(train, name=f"{prefix}_bn")(x))
+    x = layers.relu(layers.batch_norm(train, name=f"{prefix}_bn")(x))
     x = layers.conv(int(x.shape[-1] * COMPRESSION), 1, kernel_init=layers.kaiming_normal_fan_in, dtype=dtype,
                     name=f"{prefix}_conv")(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
@@ -86,7 +86,7 @@ class DenseNetBranch(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         x = _dense_block(x, self.train, self.dtype, "block3")
-        feature_map = nn.relu(layers.batch_norm(self.train, name="final_bn")(x))
+        feature_map = layers.relu(layers.batch_norm(self.train, name="final_bn")(x))
         pooled = layers.global_average_pool(feature_map)
         logits = layers.linear(self.num_classes, pooled.shape[-1], bias_init=nn.initializers.zeros,
                                dtype=self.dtype, name="classifier")(pooled)

@@ -94,6 +94,29 @@ def linear(
     )
 
 
+@jax.custom_jvp
+def relu(x: jax.Array) -> jax.Array:
+    """max(x, 0), written so that XLA keeps it as one materialised array. Same values and gradient as nn.relu.
+
+    Why not nn.relu: XLA counts max(x, broadcast(0)) as a unary op, which it duplicates into every consumer
+    for free. In a residual network the weight-gradient convolutions read each block output through a
+    transposed copy, so XLA:CPU recomputed the whole chain of blocks (BN, add, ReLU of every earlier block)
+    inside each transpose: a third of the step on the 2-core CPU (see README, Performance). A select with a
+    full-size predicate is not unary, so XLA materialises the result once and the transposes read it.
+    Forward: x <= 0 gives +0.0 (nn.relu may keep -0.0), NaN stays NaN, -inf gives 0.
+    """
+    return jnp.where(x <= 0, jnp.zeros_like(x), x)
+
+
+@relu.defjvp
+def _relu_jvp(primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    y = relu(x)
+    # The mask is read from the output, which is materialised anyway (y > 0 exactly where x > 0; NaN in
+    # neither), so the backward pass does not recompute x. nn.relu's derivative at 0 is 0 too.
+    return y, jnp.where(y > 0, x_dot, jnp.zeros_like(x_dot))
+
+
 def global_average_pool(feature_map: jax.Array) -> jax.Array:
     """[batch, height, width, channels] -> [batch, channels]."""
     return jnp.mean(feature_map, axis=(1, 2))

@@ -29,10 +29,10 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         y = layers.conv(self.planes, 3, strides=self.strides, dtype=self.dtype)(x)
-        y = nn.relu(layers.batch_norm(self.train)(y))
+        y = layers.relu(layers.batch_norm(self.train)(y))
         y = layers.conv(self.planes, 3, dtype=self.dtype)(y)
         y = layers.batch_norm(self.train)(y)
-        return nn.relu(y + _shortcut(x, self.planes, self.strides, self.train, self.dtype))
+        return layers.relu(y + _shortcut(x, self.planes, self.strides, self.train, self.dtype))
 
 
 class Bottleneck(nn.Module):
@@ -53,13 +53,13 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         width = self.planes * self.width_per_group // 64
         y = layers.conv(width, 1, dtype=self.dtype)(x)
-        y = nn.relu(layers.batch_norm(self.train)(y))
+        y = layers.relu(layers.batch_norm(self.train)(y))
         y = layers.conv(width, 3, strides=self.strides, dtype=self.dtype)(y)
-        y = nn.relu(layers.batch_norm(self.train)(y))
+        y = layers.relu(layers.batch_norm(self.train)(y))
         y = layers.conv(self.planes * self.expansion, 1, dtype=self.dtype)(y)
         y = layers.batch_norm(self.train)(y)
         shortcut = _shortcut(x, self.planes * self.expansion, self.strides, self.train, self.dtype)
-        return nn.relu(y + shortcut)
+        return layers.relu(y + shortcut)
 
 
 def _shortcut(x: jax.Array, channels: int, strides: int, train: bool, dtype: layers.Dtype) -> jax.Array:
@@ -106,7 +106,7 @@ class ResNetTrunk(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         x = layers.conv(16, 3, dtype=self.dtype, name="stem_conv")(images)
-        x = nn.relu(layers.batch_norm(self.train, name="stem_bn")(x))
+        x = layers.relu(layers.batch_norm(self.train, name="stem_bn")(x))
         stage = functools.partial(
             _ResNetStage, self.block, width_per_group=self.width_per_group, train=self.train, dtype=self.dtype
         )

@@ -23,7 +23,7 @@ def _conv_bn_relu_stage(
     """`num_convs` conv-BN-ReLU layers then a 2x2 max pool (halves height and width)."""
     for i in range(num_convs):
         x = layers.conv(features, 3, use_bias=True, dtype=dtype, name=f"{prefix}_conv{i}")(x)
-        x = nn.relu(layers.batch_norm(train, name=f"{prefix}_bn{i}")(x))
+        x = layers.relu(layers.batch_norm(train, name=f"{prefix}_bn{i}")(x))
     return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -68,7 +68,7 @@ class VGGBranch(nn.Module):
         for i in range(2):
             h = layers.linear(512, h.shape[-1], kernel_init=normal, bias_init=zeros, dtype=self.dtype,
                               name=f"classifier_hidden{i}")(h)
-            h = nn.Dropout(self.dropout_rate, deterministic=not self.train)(nn.relu(h))
+            h = nn.Dropout(self.dropout_rate, deterministic=not self.train)(layers.relu(h))
         logits = layers.linear(self.num_classes, h.shape[-1], kernel_init=normal, bias_init=zeros,
                                dtype=self.dtype, name="classifier")(h)
         return feature_map, pooled, logits
