@@ -35,6 +35,9 @@ def get_config() -> config_dict.ConfigDict:
     # unrolled (one branch after another), scan (a loop), or auto: unrolled on CPU, vmap elsewhere.
     # Same parameters and results either way; only speed differs.
     config.branch_execution = "auto"
+    # Compute dtype of convolutions and matmuls: float32, or bfloat16 (mixed precision for GPUs and TPUs:
+    # parameters, batch-norm statistics, logits and losses stay float32). No faster on XLA:CPU.
+    config.compute_dtype = "float32"
     # Dropout of VGG-16's MLP head (OKDDip's default 0.5); no other backbone has dropout.
     config.dropout_rate = 0.5
 
@@ -80,6 +83,18 @@ def get_config() -> config_dict.ConfigDict:
     config.nesterov = True
     # Coupled L2 weight decay on every parameter (added to the gradient before momentum, as PyTorch's SGD).
     config.weight_decay = 5e-4
+
+    # --- Devices and input -------------------------------------------------------------------------
+    # On a host without an accelerator, split the CPU into this many JAX devices (data parallel over the batch;
+    # results as on one device, batch-norm statistics over the global batch). XLA:CPU runs most convolutions on
+    # one core each, so two devices keep both cores of a 2-core machine busy (README, Performance).
+    # 0: auto (2 when the host has 2+ cores and both batch sizes are even, else 1). Takes effect only if JAX has
+    # not started yet and XLA_FLAGS does not set --xla_force_host_platform_device_count.
+    config.cpu_devices = 0
+    # Keep the uint8 training set on the devices and crop, flip and normalise there, so that a small host
+    # does not starve a GPU or TPU; the batches are bit-identical to the host pipeline's. Unset (None): on
+    # when the default backend is a GPU or TPU and there is one process; True/False force it.
+    config.input_on_device = config_dict.placeholder(bool)
 
     # --- Evaluation, checkpoints, logging --------------------------------------------------------
     # Batch of the evaluation passes (padded and masked: every test example counts exactly once).

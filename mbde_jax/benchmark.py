@@ -1,27 +1,270 @@
 """Throughput measurements, one subcommand each.
 
+    python -m mbde_jax.benchmark train --config configs/cifar100_resnet32.py [--config.<field>=<value> ...]
+                                       [--steps 20] [--warmup 3] [--json out.json]
+    python -m mbde_jax.benchmark eval --config configs/cifar100_resnet32.py [--steps 20] [--json out.json]
     python -m mbde_jax.benchmark input --dataset digits
-    python -m mbde_jax.benchmark input --dataset cifar10 --data mock --mock_examples 20000
+    python -m mbde_jax.benchmark input --dataset cifar10 --data mock --mock_examples 20000 [--input_on_device]
 
-`input`: training images per second that TrainPipeline delivers as global jax.Arrays on the local devices
+`train`: the jitted train step of the config on synthetic data of the config's shapes (random normalised images
+and labels already on the devices, sharded as the training loop shards them), so it runs anywhere. It prints the
+devices, the compile time, the steady-state images/s (median over --steps steps after --warmup, each step's
+result blocked on), XLA's FLOP count of the step, the peak host memory and, on GPU/TPU, the peak device memory,
+and the load average before and after (on a shared machine the figures are only as good as that number).
+`eval`: the same for the evaluation step at config.eval_batch_size.
+`input`: training images per second that the input pipeline delivers as global jax.Arrays on the local devices
 (every batch waited for with block_until_ready, epochs chained as the training loop chains them, so the
 per-epoch set-up is included). Pipeline construction (reading the split into memory) is not timed.
 
-Subcommands for the train and eval steps are meant to be added beside `input`: one function
-`_<name>_command(args) -> None` and one `subparsers.add_parser` block in `_parser()`.
+Like train.py, `train` and `eval` split a CPU-only host into config.cpu_devices JAX devices (auto: 2 on 2+
+cores) before JAX starts; pass --config.cpu_devices=1 to measure a single device.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import json
 import os
+import platform
+import resource
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 
 from mbde_jax.datasets import info as dataset_info
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Config loading: --config <file> plus --config.<field>=<value> overrides, as train.py takes them.
+
+
+def _parse_value(text: str, current):
+    """A command-line value for a field whose current value is `current` (None for an unset placeholder)."""
+    if isinstance(current, bool) or current is None and text.lower() in ("true", "false"):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(current, str):
+        return text
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, int):
+        return int(text)
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return tuple(value) if isinstance(value, list) else value
+
+
+def load_config(config_file: str, overrides: Sequence[str]):
+    """get_config() of `config_file` with '--config.<field>=<value>' overrides applied (unknown fields refused)."""
+    from mbde_jax import config_utils  # pylint: disable=import-outside-toplevel
+
+    config = config_utils.load_config(config_file)
+    for item in overrides:
+        if not item.startswith("--config.") or "=" not in item:
+            raise SystemExit(f"error: unrecognised argument {item!r}; fields are set as --config.<field>=<value>.")
+        name, text = item[len("--config."):].split("=", 1)
+        if name not in config:
+            raise SystemExit(f"error: config.{name}: no such field (see configs/default.py).")
+        try:
+            config[name] = _parse_value(text, config[name])
+        except (ValueError, TypeError) as error:
+            raise SystemExit(f"error: --config.{name}={text}: {error}") from None
+    return config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Measurements shared by `train` and `eval`.
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _peak_host_memory_gib() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)
+
+
+def _peak_device_memory_gib(devices) -> float | None:
+    peaks = []
+    for device in devices:
+        try:
+            stats = device.memory_stats() or {}
+        except Exception:  # pylint: disable=broad-except  # CPU and some plugins have no statistics
+            stats = {}
+        if "peak_bytes_in_use" in stats:
+            peaks.append(stats["peak_bytes_in_use"])
+    return max(peaks) / (1 << 30) if peaks else None
+
+
+def _flops(compiled, num_devices: int) -> float | None:
+    """XLA's FLOP count of one call over all devices (the cost analysis is of the per-device program)."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # pylint: disable=broad-except  # not every backend implements it
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) * num_devices if flops else None
+
+
+def _time_steps(run_step, steps: int, warmup: int) -> list[float]:
+    """Seconds per call of run_step() (which blocks on its result), after `warmup` untimed calls."""
+    for _ in range(warmup):
+        run_step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run_step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _report(kind: str, args: argparse.Namespace, config, batch_size: int, compile_s: float, times: list[float],
+            flops: float | None, load_before: tuple, extra: dict) -> dict:
+    import jax  # pylint: disable=import-outside-toplevel
+
+    devices = jax.devices()
+    median = statistics.median(times)
+    result = {
+        "benchmark": kind,
+        "config": args.config,
+        "overrides": list(args.overrides),
+        "method": config.method,
+        "arch": config.arch,
+        "dataset": config.dataset,
+        "batch_size": batch_size,
+        "compute_dtype": config.compute_dtype,
+        "platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "host_cpu": _cpu_model(),
+        "host_cores": os.cpu_count(),
+        "jax_version": jax.__version__,
+        "compile_s": round(compile_s, 2),
+        "steps": len(times),
+        "step_ms_median": round(median * 1e3, 2),
+        "step_ms_min": round(min(times) * 1e3, 2),
+        "step_ms_mean": round(statistics.fmean(times) * 1e3, 2),
+        "images_per_s": round(batch_size / median, 2),
+        "gflop_per_image": round(flops / batch_size / 1e9, 4) if flops else None,
+        "gflop_per_s": round(flops / median / 1e9, 1) if flops else None,
+        "peak_host_memory_gib": round(_peak_host_memory_gib(), 3),
+        "peak_device_memory_gib": (None if devices[0].platform == "cpu"
+                                   else _peak_device_memory_gib(jax.local_devices())),
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        **extra,
+    }
+    print(f"benchmark {kind}: {args.config} {' '.join(args.overrides)}".rstrip())
+    print(f"  model: method={config.method} arch={config.arch} dataset={config.dataset} "
+          f"batch={batch_size} compute_dtype={config.compute_dtype} "
+          + " ".join(f"{k}={v}" for k, v in extra.items()))
+    print(f"  devices: {len(devices)} x {devices[0].platform} ({devices[0].device_kind}); host {result['host_cpu']}, "
+          f"{os.cpu_count()} cores; jax {jax.__version__}")
+    print(f"  compile {compile_s:.1f} s; {len(times)} steps after {args.warmup} warm-up: median {median * 1e3:.1f} ms "
+          f"(min {min(times) * 1e3:.1f}, mean {statistics.fmean(times) * 1e3:.1f}) = "
+          f"{result['images_per_s']:,.1f} images/s")
+    if flops:
+        print(f"  XLA cost analysis: {result['gflop_per_image']:.3f} GFLOP/image, {result['gflop_per_s']:.0f} GFLOP/s")
+    device_memory = result["peak_device_memory_gib"]
+    print(f"  peak host memory {result['peak_host_memory_gib']:.2f} GiB"
+          + (f"; peak device memory {device_memory:.2f} GiB" if device_memory is not None else "")
+          + f"; load average {load_before[0]:.2f} before, {result['load_average_after'][0]:.2f} after")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+def _setup(args: argparse.Namespace):
+    """Config, devices (split before JAX starts), mesh and a Trainer for the config."""
+    config = load_config(args.config, args.overrides)
+    from mbde_jax import config_validation, train  # pylint: disable=import-outside-toplevel
+
+    config_validation.validate(config)
+    train.configure_host_devices(config)
+    from mbde_jax import logs, sharding  # pylint: disable=import-outside-toplevel
+
+    logs.quiet_library_info_logs()
+    mesh = sharding.make_data_mesh()
+    # Steps per epoch only shape the schedules inside the step, not its cost: CIFAR's 50,000 examples.
+    steps_per_epoch = max(1, 50_000 // config.batch_size)
+    return config, mesh, train.Trainer(config, mesh, steps_per_epoch)
+
+
+def _synthetic_batch(config, batch_size: int, mesh, seed: int, with_mask: bool):
+    """Random normalised images and labels of the config's dataset, sharded on the batch axis."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from mbde_jax import sharding  # pylint: disable=import-outside-toplevel
+
+    info = dataset_info.get_dataset_info(config.dataset)
+    rng = np.random.default_rng(seed)
+    batch = {"image": rng.standard_normal((batch_size, *info.image_shape), np.float32),
+             "label": rng.integers(0, info.num_classes, batch_size).astype(np.int32)}
+    if with_mask:
+        batch["mask"] = np.ones(batch_size, np.int32)
+    return jax.device_put(batch, sharding.batch_sharding(mesh))
+
+
+def _train_command(args: argparse.Namespace) -> dict:
+    load_before = os.getloadavg()
+    config, mesh, trainer = _setup(args)
+    import jax  # pylint: disable=import-outside-toplevel
+
+    state = trainer.init_state()
+    batch = _synthetic_batch(config, config.batch_size, mesh, args.seed, with_mask=False)
+    start = time.perf_counter()
+    compiled = trainer.train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    holder = [state]
+
+    def run_step():
+        holder[0], metrics = compiled(holder[0], batch)
+        jax.block_until_ready((holder[0], metrics))
+
+    times = _time_steps(run_step, args.steps, args.warmup)
+    return _report("train", args, config, config.batch_size, compile_s, times, _flops(compiled, mesh.devices.size),
+                   load_before, {"num_branches": trainer.num_branches,
+                                 "branch_execution": trainer.model.branch_execution})
+
+
+def _eval_command(args: argparse.Namespace) -> dict:
+    load_before = os.getloadavg()
+    config, mesh, trainer = _setup(args)
+    import jax  # pylint: disable=import-outside-toplevel
+
+    state = trainer.init_state()
+    batch = _synthetic_batch(config, config.eval_batch_size, mesh, args.seed, with_mask=True)
+    start = time.perf_counter()
+    compiled = trainer.eval_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    times = _time_steps(lambda: jax.block_until_ready(compiled(state, batch)), args.steps, args.warmup)
+    return _report("eval", args, config, config.eval_batch_size, compile_s, times,
+                   _flops(compiled, mesh.devices.size), load_before,
+                   {"num_branches": trainer.num_branches, "branch_execution": trainer.model.branch_execution})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input pipeline.
 
 
 def _input_command(args: argparse.Namespace) -> None:
@@ -40,8 +283,9 @@ def _input_command(args: argparse.Namespace) -> None:
                     args.dataset, num_examples=args.mock_examples, metadata_dir=metadata_dir))
         mesh = sharding.make_data_mesh()
         start = time.perf_counter()
-        pipeline = input_pipeline.TrainPipeline(args.dataset, global_batch_size=args.batch_size, seed=args.seed,
-                                                mesh=mesh, data_dir=args.data_dir)
+        pipeline_cls = input_pipeline.DeviceTrainPipeline if args.input_on_device else input_pipeline.TrainPipeline
+        pipeline = pipeline_cls(args.dataset, global_batch_size=args.batch_size, seed=args.seed, mesh=mesh,
+                                data_dir=args.data_dir)
         load_s = time.perf_counter() - start
 
         def batches():
@@ -51,7 +295,7 @@ def _input_command(args: argparse.Namespace) -> None:
                 epoch += 1
 
         stream = batches()
-        jax.block_until_ready(next(stream))  # Warm-up: traces the tf.data functions.
+        jax.block_until_ready(next(stream))  # Warm-up: traces the tf.data functions (or compiles the device ones).
         start = time.perf_counter()
         for _ in range(args.num_batches):
             jax.block_until_ready(next(stream))
@@ -59,15 +303,29 @@ def _input_command(args: argparse.Namespace) -> None:
     images_per_s = args.num_batches * args.batch_size / elapsed
     print(f"input pipeline: dataset={args.dataset} data={source} examples={pipeline.num_examples} "
           f"batch={args.batch_size} steps/epoch={pipeline.steps_per_epoch} devices={mesh.devices.size} "
-          f"({jax.devices()[0].platform}) cpus={os.cpu_count()} tf_threads={input_pipeline.TF_THREADS}")
+          f"({jax.devices()[0].platform}) cpus={os.cpu_count()} tf_threads={input_pipeline.TF_THREADS} "
+          f"on_device={args.input_on_device}")
     print(f"  load {load_s:.1f} s; {args.num_batches} batches in {elapsed:.2f} s: "
-          f"{images_per_s:,.0f} training images/s ({elapsed / args.num_batches * 1e3:.1f} ms/batch)")
+          f"{images_per_s:,.0f} training images/s ({elapsed / args.num_batches * 1e3:.1f} ms/batch); "
+          f"load average {os.getloadavg()[0]:.2f}")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mbde_jax.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
+
+    for name, help_text, run in (("train", "steady-state images/s of the train step", _train_command),
+                                 ("eval", "steady-state images/s of the evaluation step", _eval_command)):
+        step_parser = subparsers.add_parser(
+                name, help=help_text,
+                description=f"{help_text}; fields are overridden with --config.<field>=<value>.")
+        step_parser.add_argument("--config", required=True, help="a config file, e.g. configs/cifar100_resnet32.py")
+        step_parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+        step_parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling (default 3)")
+        step_parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic batch")
+        step_parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+        step_parser.set_defaults(run=run)
 
     input_parser = subparsers.add_parser("input", help="training images/s delivered by the input pipeline")
     input_parser.add_argument("--dataset", required=True, choices=sorted(dataset_info.DATASETS))
@@ -80,13 +338,20 @@ def _parser() -> argparse.ArgumentParser:
     input_parser.add_argument("--num_batches", type=int, default=300, help="batches timed (default 300)")
     input_parser.add_argument("--seed", type=int, default=0)
     input_parser.add_argument("--data_dir", default=None, help="tfds data directory for --data real")
+    input_parser.add_argument("--input_on_device", action="store_true",
+                              help="measure the device-resident pipeline (config.input_on_device)")
     input_parser.set_defaults(run=_input_command)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    args.run(args)
+def main(argv: Sequence[str] | None = None):
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command in ("train", "eval"):
+        args.overrides = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -228,8 +228,18 @@ def branch_execution(config: ml_collections.ConfigDict) -> str:
     return "unrolled" if jax.default_backend() == "cpu" else "vmap"
 
 
-def build_model(config: ml_collections.ConfigDict, dtype=jnp.float32) -> OnlineKDModel:
-    """The model `config` trains: backbone, branches and the method's heads."""
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(config: ml_collections.ConfigDict, dtype=None) -> OnlineKDModel:
+    """The model `config` trains: backbone, branches and the method's heads.
+
+    Args:
+      dtype: compute dtype of convolutions and matmuls; default config.compute_dtype. Parameters, batch-norm
+        statistics and the logits the losses read are float32 whatever it is.
+    """
+    if dtype is None:
+        dtype = COMPUTE_DTYPES[config.get("compute_dtype", "float32")]
     method = get_method(config.method)
     m = num_branches(config)
     shared = shared_trunk(config)

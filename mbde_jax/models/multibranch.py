@@ -140,5 +140,6 @@ class MultiBranchNet(nn.Module):
         else:
             raise ValueError(f"config.branch_execution: unknown value {self.branch_execution!r}; valid values are "
                              f"['vmap', 'scan', 'unrolled'].")
-        return MultiBranchOutput(
-            logits=logits, feature_maps=feature_maps, pooled_features=pooled, trunk_features=trunk_features)
+        # The losses and the evaluation read float32 logits whatever the compute dtype (mixed precision).
+        return MultiBranchOutput(logits=logits.astype(jnp.float32), feature_maps=feature_maps,
+                                 pooled_features=pooled, trunk_features=trunk_features)
