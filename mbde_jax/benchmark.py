@@ -225,42 +225,33 @@ def _synthetic_batch(config, batch_size: int, mesh, seed: int, with_mask: bool):
     return jax.device_put(batch, sharding.batch_sharding(mesh))
 
 
-def _train_command(args: argparse.Namespace) -> dict:
+def _step_command(args: argparse.Namespace) -> dict:
+    """`train` or `eval` (args.command): compile the step, time it, report."""
     load_before = os.getloadavg()
     config, mesh, trainer = _setup(args)
     import jax  # pylint: disable=import-outside-toplevel
 
+    training = args.command == "train"
+    batch_size = config.batch_size if training else config.eval_batch_size
     state = trainer.init_state()
-    batch = _synthetic_batch(config, config.batch_size, mesh, args.seed, with_mask=False)
+    batch = _synthetic_batch(config, batch_size, mesh, args.seed, with_mask=not training)
+    step = trainer.train_step if training else trainer.eval_step
     start = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batch).compile()
+    compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
     holder = [state]
 
     def run_step():
-        holder[0], metrics = compiled(holder[0], batch)
-        jax.block_until_ready((holder[0], metrics))
+        if training:  # the state is donated: carry it from step to step
+            holder[0], metrics = compiled(holder[0], batch)
+            jax.block_until_ready((holder[0], metrics))
+        else:
+            jax.block_until_ready(compiled(holder[0], batch))
 
     times = _time_steps(run_step, args.steps, args.warmup)
-    return _report("train", args, config, config.batch_size, compile_s, times, _flops(compiled, mesh.devices.size),
+    return _report(args.command, args, config, batch_size, compile_s, times, _flops(compiled, mesh.devices.size),
                    load_before, {"num_branches": trainer.num_branches,
                                  "branch_execution": trainer.model.branch_execution})
-
-
-def _eval_command(args: argparse.Namespace) -> dict:
-    load_before = os.getloadavg()
-    config, mesh, trainer = _setup(args)
-    import jax  # pylint: disable=import-outside-toplevel
-
-    state = trainer.init_state()
-    batch = _synthetic_batch(config, config.eval_batch_size, mesh, args.seed, with_mask=True)
-    start = time.perf_counter()
-    compiled = trainer.eval_step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    times = _time_steps(lambda: jax.block_until_ready(compiled(state, batch)), args.steps, args.warmup)
-    return _report("eval", args, config, config.eval_batch_size, compile_s, times,
-                   _flops(compiled, mesh.devices.size), load_before,
-                   {"num_branches": trainer.num_branches, "branch_execution": trainer.model.branch_execution})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -315,8 +306,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
 
-    for name, help_text, run in (("train", "steady-state images/s of the train step", _train_command),
-                                 ("eval", "steady-state images/s of the evaluation step", _eval_command)):
+    for name, help_text in (("train", "steady-state images/s of the train step"),
+                            ("eval", "steady-state images/s of the evaluation step")):
         step_parser = subparsers.add_parser(
                 name, help=help_text,
                 description=f"{help_text}; fields are overridden with --config.<field>=<value>.")
@@ -325,7 +316,7 @@ def _parser() -> argparse.ArgumentParser:
         step_parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling (default 3)")
         step_parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic batch")
         step_parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-        step_parser.set_defaults(run=run)
+        step_parser.set_defaults(run=_step_command)
 
     input_parser = subparsers.add_parser("input", help="training images/s delivered by the input pipeline")
     input_parser.add_argument("--dataset", required=True, choices=sorted(dataset_info.DATASETS))

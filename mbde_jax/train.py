@@ -79,9 +79,14 @@ class NonFiniteLossError(FloatingPointError):
 
 def create_train_state(model: OnlineKDModel, tx: optax.GradientTransformation, seed: int,
                        image_shape: tuple[int, int, int]) -> TrainState:
-    """Initialises parameters (each branch from its own key), batch statistics and the optimizer state."""
+    """Initialises parameters (each branch from its own key), batch statistics and the optimizer state.
+
+    The branches are initialised as the 'unrolled' execution draws them whatever model.branch_execution is:
+    nn.vmap splits the branch keys differently from nn.scan, and the initial values should not depend on a
+    choice that is only about speed (so a run on a GPU starts where the same run on a CPU starts).
+    """
     params_key, dropout_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), 0))
-    variables = model.init({"params": params_key, "dropout": dropout_key},
+    variables = model.clone(branch_execution="unrolled").init({"params": params_key, "dropout": dropout_key},
                            jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
@@ -261,10 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
     logging.info("devices: %d x %s over %d process(es)", mesh.devices.size, jax.devices()[0].device_kind,
                  jax.process_count())
 
-    pipeline = input_pipeline.TrainPipeline(
-        config.dataset, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh,
-        data_dir=config.data_dir, download=config.download,
-        train_splits=config.cinic10_train_splits if config.dataset == "cinic10" else None)
+    pipeline = input_pipeline.make_train_pipeline(config, mesh)
     trainer = Trainer(config, mesh, pipeline.steps_per_epoch)
     steps_per_epoch = pipeline.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch

@@ -1,0 +1,57 @@
+"""The benchmark command runs and reports every figure it promises (speed itself is never asserted)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from mbde_jax import benchmark
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TEST_CONFIG = str(ROOT / "configs" / "test.py")
+FIGURES = ("device_kind", "device_count", "platform", "compile_s", "images_per_s", "step_ms_median", "steps",
+           "peak_host_memory_gib", "peak_device_memory_gib", "load_average_before", "load_average_after",
+           "gflop_per_image", "batch_size", "compute_dtype")
+
+
+@pytest.mark.parametrize("command,batch_field", [("train", "batch_size"), ("eval", "eval_batch_size")])
+def test_step_benchmark_reports_every_figure(tmp_path, capsys, command, batch_field):
+    out = tmp_path / f"{command}.json"
+    result = benchmark.main([command, "--config", TEST_CONFIG, "--steps", "2", "--warmup", "1", "--json", str(out),
+                             "--config.method=okddip", f"--config.{batch_field}=4"])
+    assert json.loads(out.read_text()) == result
+    for name in FIGURES:
+        assert name in result, name
+    assert result["benchmark"] == command and result["method"] == "okddip" and result["batch_size"] == 4
+    assert result["steps"] == 2 and result["images_per_s"] > 0 and result["compile_s"] > 0
+    assert result["device_count"] == 2 and result["platform"] == "cpu"
+    assert result["peak_device_memory_gib"] is None  # CPU: only the host's memory
+    printed = capsys.readouterr().out
+    assert f"benchmark {command}" in printed and "images/s" in printed and "compile" in printed
+
+
+def test_overrides_are_typed_and_checked():
+    config = benchmark.load_config(TEST_CONFIG, ["--config.num_branches=4", "--config.learning_rate=0.05",
+                                                 "--config.nesterov=false", "--config.shared_trunk=True",
+                                                 "--config.lr_boundaries_epochs=(3, 5)",
+                                                 "--config.compute_dtype=bfloat16"])
+    assert config.num_branches == 4 and config.learning_rate == 0.05 and config.nesterov is False
+    assert config.shared_trunk is True and config.lr_boundaries_epochs == (3, 5)
+    assert config.compute_dtype == "bfloat16"
+    with pytest.raises(SystemExit, match="no such field"):
+        benchmark.load_config(TEST_CONFIG, ["--config.no_such_field=1"])
+    with pytest.raises(SystemExit, match="num_branches"):
+        benchmark.load_config(TEST_CONFIG, ["--config.num_branches=four"])
+    with pytest.raises(SystemExit, match="unrecognised argument"):
+        benchmark.load_config(TEST_CONFIG, ["--steps=3"])
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_input_benchmark_runs(capsys, on_device):
+    args = ["input", "--dataset", "cifar10", "--data", "mock", "--mock_examples", "64", "--batch_size", "8",
+            "--num_batches", "10"] + (["--input_on_device"] if on_device else [])
+    benchmark.main(args)
+    printed = capsys.readouterr().out
+    assert "training images/s" in printed and f"on_device={on_device}" in printed
