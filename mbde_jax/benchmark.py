@@ -261,9 +261,13 @@ def _step_command(args: argparse.Namespace) -> dict:
 def _input_command(args: argparse.Namespace) -> None:
     # Imported here so that `--help` answers without loading TensorFlow and JAX.
     import jax  # pylint: disable=import-outside-toplevel
+    import ml_collections  # pylint: disable=import-outside-toplevel
 
-    from mbde_jax import input_pipeline, sharding  # pylint: disable=import-outside-toplevel
+    from mbde_jax import input_pipeline, sharding, train  # pylint: disable=import-outside-toplevel
 
+    # The same CPU devices as training would use, so that the batches are sharded as the train step reads them.
+    train.configure_host_devices(ml_collections.ConfigDict(
+            {"cpu_devices": args.cpu_devices, "batch_size": args.batch_size, "eval_batch_size": args.batch_size}))
     source = args.data
     if source == "auto":
         source = "real" if args.dataset == "digits" else "mock"
@@ -299,6 +303,16 @@ def _input_command(args: argparse.Namespace) -> None:
     print(f"  load {load_s:.1f} s; {args.num_batches} batches in {elapsed:.2f} s: "
           f"{images_per_s:,.0f} training images/s ({elapsed / args.num_batches * 1e3:.1f} ms/batch); "
           f"load average {os.getloadavg()[0]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "input", "dataset": args.dataset, "data": source,
+                       "examples": pipeline.num_examples, "batch_size": args.batch_size,
+                       "device_count": mesh.devices.size, "platform": jax.devices()[0].platform,
+                       "host_cpu": _cpu_model(), "host_cores": os.cpu_count(),
+                       "on_device": args.input_on_device, "load_s": round(load_s, 2),
+                       "batches": args.num_batches, "images_per_s": round(images_per_s, 1),
+                       "ms_per_batch": round(elapsed / args.num_batches * 1e3, 2),
+                       "load_average_after": [round(v, 2) for v in os.getloadavg()]}, f, indent=2)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -331,6 +345,10 @@ def _parser() -> argparse.ArgumentParser:
     input_parser.add_argument("--data_dir", default=None, help="tfds data directory for --data real")
     input_parser.add_argument("--input_on_device", action="store_true",
                               help="measure the device-resident pipeline (config.input_on_device)")
+    input_parser.add_argument("--cpu_devices", type=int, default=0,
+                              help="JAX devices a CPU-only host is split into, as config.cpu_devices "
+                                   "(default 0: auto, as training)")
+    input_parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     input_parser.set_defaults(run=_input_command)
     return parser
 
@@ -342,7 +360,12 @@ def main(argv: Sequence[str] | None = None):
         args.overrides = unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args.run(args)
+    from mbde_jax import config_validation  # pylint: disable=import-outside-toplevel
+
+    try:
+        return args.run(args)
+    except config_validation.ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

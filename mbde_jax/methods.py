@@ -220,11 +220,15 @@ def loss_settings(config: ml_collections.ConfigDict) -> LossSettings:
 def branch_execution(config: ml_collections.ConfigDict) -> str:
     """How the branches run: config.branch_execution, or for 'auto' the fastest measured on the backend.
 
-    'vmap' lowers the stacked branches to grouped convolutions, which XLA's CPU backend runs 4-6x slower than
-    plain ones (see README, Performance); 'unrolled' runs one branch after another in the same program.
+    'vmap' lowers the stacked branches to grouped convolutions, which XLA's CPU backend runs 8x slower than
+    plain ones (see README, Performance); 'unrolled' runs one branch after another in the same program. A
+    single branch (vanilla) is a plain network under 'vmap', whereas a length-1 scan leaves XLA:CPU's
+    backward convolutions on its slow generic path (measured 28 against 300 images/s), so it always gets 'vmap'.
     """
     if config.branch_execution != "auto":
         return config.branch_execution
+    if num_branches(config) == 1:
+        return "vmap"
     return "unrolled" if jax.default_backend() == "cpu" else "vmap"
 
 

@@ -48,10 +48,19 @@ def test_overrides_are_typed_and_checked():
         benchmark.load_config(TEST_CONFIG, ["--steps=3"])
 
 
+def test_an_invalid_config_is_a_one_line_error_not_a_traceback():
+    with pytest.raises(SystemExit, match=r"config.num_branches: method 'okddip' needs .* got 2"):
+        benchmark.main(["train", "--config", TEST_CONFIG, "--config.method=okddip", "--config.num_branches=2"])
+
+
 @pytest.mark.parametrize("on_device", [False, True])
-def test_input_benchmark_runs(capsys, on_device):
+def test_input_benchmark_runs(tmp_path, capsys, on_device):
     args = ["input", "--dataset", "cifar10", "--data", "mock", "--mock_examples", "64", "--batch_size", "8",
-            "--num_batches", "10"] + (["--input_on_device"] if on_device else [])
+            "--num_batches", "10", "--json", str(tmp_path / "input.json")] + (["--input_on_device"] if on_device else [])
     benchmark.main(args)
     printed = capsys.readouterr().out
     assert "training images/s" in printed and f"on_device={on_device}" in printed
+    figures = json.loads((tmp_path / "input.json").read_text())
+    assert figures["on_device"] is on_device and figures["batches"] == 10 and figures["batch_size"] == 8
+    # 64 mock examples in batches of 8 over the suite's 2 devices: 8 steps an epoch, both devices used.
+    assert figures["examples"] == 64 and figures["device_count"] == 2 and figures["images_per_s"] > 0

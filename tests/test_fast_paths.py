@@ -68,9 +68,11 @@ def test_branch_executions_agree(method):
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5 * max(1.0, float(np.abs(b).max())))
 
 
-def test_auto_branch_execution_is_unrolled_on_cpu():
+def test_auto_branch_execution_is_unrolled_on_cpu_and_vmap_for_one_branch():
     assert jax.default_backend() == "cpu"
     assert methods.build_model(_config(branch_execution="auto")).branch_execution == "unrolled"
+    assert methods.build_model(_config(method="vanilla", branch_execution="auto")).branch_execution == "vmap"
+    assert methods.build_model(_config(method="vanilla", branch_execution="scan")).branch_execution == "scan"
 
 
 def test_relu_matches_nn_relu_and_its_gradient():
