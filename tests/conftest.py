@@ -6,10 +6,20 @@
 * The 'rbg' PRNG for the suite: XLA's CPU compiler spends ~15 s compiling the threefry random bits of a
   DenseNet's initialisation and ~3 s with rbg. Runs use jax's default (threefry); no test compares random
   values against a threefry-specific constant.
+* A persistent XLA compilation cache in the temp directory, shared by both test workers and the training
+  subprocesses they start (they inherit the environment): many tests compile the same programs. Measured on
+  2 cores: 5 min 20-37 s without it, 4 min 18 s from an empty cache, 2 min 53 s with a filled one. Keys include
+  the program and the compile options, so a code change can only miss, never reuse a stale executable.
+  Unbounded (about 15 MB per version of the code; a size limit needs the `filelock` package, which JAX
+  otherwise reports as a cache read error on every entry).
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"mbde_jax_test_xla_cache_{getattr(os, 'getuid', lambda: 0)()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -13,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEST_CONFIG = str(ROOT / "configs" / "test.py")
 FIGURES = ("device_kind", "device_count", "platform", "compile_s", "images_per_s", "step_ms_median", "steps",
            "peak_host_memory_gib", "peak_device_memory_gib", "load_average_before", "load_average_after",
-           "gflop_per_image", "batch_size", "compute_dtype")
+           "gflop_per_image", "batch_size", "compute_dtype", "compile_from_cache")
 
 
 @pytest.mark.parametrize("command,batch_field", [("train", "batch_size"), ("eval", "eval_batch_size")])
@@ -64,3 +67,20 @@ def test_input_benchmark_runs(tmp_path, capsys, on_device):
     assert figures["on_device"] is on_device and figures["batches"] == 10 and figures["batch_size"] == 8
     # 64 mock examples in batches of 8 over the suite's 2 devices: 8 steps an epoch, both devices used.
     assert figures["examples"] == 64 and figures["device_count"] == 2 and figures["images_per_s"] > 0
+
+
+def test_a_compile_read_from_the_persistent_cache_is_reported_as_such(tmp_path):
+    """Run as a command twice over one persistent compilation cache: the second "compile" is a file read."""
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    results = []
+    for run in ("first", "second"):
+        out = tmp_path / f"{run}.json"
+        completed = subprocess.run(
+                [sys.executable, "-m", "mbde_jax.benchmark", "eval", "--config", TEST_CONFIG, "--steps", "1",
+                 "--warmup", "0", "--config.eval_batch_size=4", "--json", str(out)],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        results.append(json.loads(out.read_text()))
+        assert ("read from the persistent compilation cache" in completed.stdout) is (run == "second")
+    assert [r["compile_from_cache"] for r in results] == [False, True]
