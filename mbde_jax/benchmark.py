@@ -136,8 +136,18 @@ def _time_steps(run_step, steps: int, warmup: int) -> list[float]:
     return times
 
 
+def _machine_figures() -> dict:
+    """Where a figure was measured: devices, host CPU, JAX version, and the load average at the end."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    devices = jax.devices()
+    return {"platform": devices[0].platform, "device_kind": devices[0].device_kind, "device_count": len(devices),
+            "host_cpu": _cpu_model(), "host_cores": os.cpu_count(), "jax_version": jax.__version__,
+            "load_average_after": [round(v, 2) for v in os.getloadavg()]}
+
+
 def _report(kind: str, args: argparse.Namespace, config, batch_size: int, compile_s: float, times: list[float],
-            flops: float | None, load_before: tuple, extra: dict, compile_from_cache: bool = False) -> dict:
+            flops: float | None, load_before: tuple, extra: dict, compile_from_cache: bool) -> dict:
     import jax  # pylint: disable=import-outside-toplevel
 
     devices = jax.devices()
@@ -151,12 +161,7 @@ def _report(kind: str, args: argparse.Namespace, config, batch_size: int, compil
         "dataset": config.dataset,
         "batch_size": batch_size,
         "compute_dtype": config.compute_dtype,
-        "platform": devices[0].platform,
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "host_cpu": _cpu_model(),
-        "host_cores": os.cpu_count(),
-        "jax_version": jax.__version__,
+        **_machine_figures(),
         "compile_s": round(compile_s, 4),
         "compile_from_cache": compile_from_cache,
         "steps": len(times),
@@ -170,7 +175,6 @@ def _report(kind: str, args: argparse.Namespace, config, batch_size: int, compil
         "peak_device_memory_gib": (None if devices[0].platform == "cpu"
                                    else _peak_device_memory_gib(jax.local_devices())),
         "load_average_before": [round(v, 2) for v in load_before],
-        "load_average_after": [round(v, 2) for v in os.getloadavg()],
         **extra,
     }
     print(f"benchmark {kind}: {args.config} {' '.join(args.overrides)}".rstrip())
@@ -180,8 +184,8 @@ def _report(kind: str, args: argparse.Namespace, config, batch_size: int, compil
     print(f"  devices: {len(devices)} x {devices[0].platform} ({devices[0].device_kind}); host {result['host_cpu']}, "
           f"{os.cpu_count()} cores; jax {jax.__version__}")
     cached = " (read from the persistent compilation cache, not compiled)" if compile_from_cache else ""
-    print(f"  compile {compile_s:.1f} s{cached}; {len(times)} steps after {args.warmup} warm-up: median {median * 1e3:.1f} ms "
-          f"(min {min(times) * 1e3:.1f}, mean {statistics.fmean(times) * 1e3:.1f}) = "
+    print(f"  compile {compile_s:.1f} s{cached}; {len(times)} steps after {args.warmup} warm-up: "
+          f"median {median * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, mean {statistics.fmean(times) * 1e3:.1f}) = "
           f"{result['images_per_s']:,.1f} images/s")
     if flops:
         print(f"  XLA cost analysis: {result['gflop_per_image']:.3f} GFLOP/image, {result['gflop_per_s']:.0f} GFLOP/s")
@@ -330,12 +334,10 @@ def _input_command(args: argparse.Namespace) -> None:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "input", "dataset": args.dataset, "data": source,
                        "examples": pipeline.num_examples, "batch_size": args.batch_size,
-                       "device_count": mesh.devices.size, "platform": jax.devices()[0].platform,
-                       "host_cpu": _cpu_model(), "host_cores": os.cpu_count(),
                        "on_device": args.input_on_device, "load_s": round(load_s, 2),
                        "batches": args.num_batches, "images_per_s": round(images_per_s, 1),
-                       "ms_per_batch": round(elapsed / args.num_batches * 1e3, 2),
-                       "load_average_after": [round(v, 2) for v in os.getloadavg()]}, f, indent=2)
+                       "ms_per_batch": round(elapsed / args.num_batches * 1e3, 2), **_machine_figures()},
+                      f, indent=2)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
+_USER_ID = getattr(os, "getuid", lambda: 0)()  # one cache per user: a shared /tmp may hold another's
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"mbde_jax_test_xla_cache_{getattr(os, 'getuid', lambda: 0)()}"))
+                      os.path.join(tempfile.gettempdir(), f"mbde_jax_test_xla_cache_{_USER_ID}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")

@@ -59,7 +59,8 @@ def test_an_invalid_config_is_a_one_line_error_not_a_traceback():
 @pytest.mark.parametrize("on_device", [False, True])
 def test_input_benchmark_runs(tmp_path, capsys, on_device):
     args = ["input", "--dataset", "cifar10", "--data", "mock", "--mock_examples", "64", "--batch_size", "8",
-            "--num_batches", "10", "--json", str(tmp_path / "input.json")] + (["--input_on_device"] if on_device else [])
+            "--num_batches", "10", "--json", str(tmp_path / "input.json")]
+    args += ["--input_on_device"] if on_device else []
     benchmark.main(args)
     printed = capsys.readouterr().out
     assert "training images/s" in printed and f"on_device={on_device}" in printed
