@@ -8,11 +8,23 @@ step: the input pipeline is a pure function of (seed, epoch) and resumes at step
 
 from __future__ import annotations
 
+import glob
 import os
-from typing import Any
+import shutil
+import time
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+# Orbax writes a step into '<step>.orbax-checkpoint-tmp-<n>' and renames it when complete; a run killed mid-save
+# leaves that folder behind.
+TMP_PATTERN = "*.orbax-checkpoint-tmp*"
+
+
+class CheckpointUnreadableError(RuntimeError):
+    """No checkpoint of a workdir can be read; the unreadable ones were moved aside, not deleted."""
 
 
 class Checkpointer:
@@ -20,15 +32,60 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int = 3, *, read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        # Where unreadable steps are moved (outside `directory`, so orbax never lists them again).
+        self.set_aside_directory = os.path.join(os.path.abspath(workdir), "checkpoints_unreadable")
+        self._keep, self._read_only = keep, read_only
+        if not read_only:
+            self._remove_partial_saves()
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(
             # Synchronous: a save has landed when save() returns, so a run killed right after is resumable
             # from it; CIFAR-sized states write in well under a second, so nothing is gained by overlapping.
             enable_async_checkpointing=False,
-            create=not read_only,
-            read_only=read_only,
-            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+            create=not self._read_only,
+            read_only=self._read_only,
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=self._keep),
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def _remove_partial_saves(self) -> None:
+        if jax.process_index() != 0:
+            return
+        for partial in glob.glob(os.path.join(self.directory, TMP_PATTERN)):
+            shutil.rmtree(partial, ignore_errors=True)
+            logging.warning("removed %s: a checkpoint save that did not complete", partial)
+
+    def _set_aside(self, step: int, error: BaseException) -> None:
+        """Moves an unreadable step out of the checkpoint directory (renamed, never deleted)."""
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+        if self._read_only or jax.process_index() != 0:
+            logging.warning("checkpoint step %d in %s cannot be read (%s); trying the previous one", step,
+                            self.directory, reason)
+            return
+        os.makedirs(self.set_aside_directory, exist_ok=True)
+        target = os.path.join(self.set_aside_directory, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(os.path.join(self.directory, str(step)), target)
+        logging.warning("checkpoint step %d cannot be read (%s); moved it to %s and resuming from the previous "
+                        "one", step, reason, target)
+        self._manager.close()
+        self._manager = self._open()
+
+    def _newest_readable(self, read: Callable[[int], Any]) -> tuple[int, Any]:
+        """(step, read(step)) for the newest step `read` succeeds on, setting aside each one it fails on."""
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        for step in steps:
+            try:
+                return step, read(step)
+            except Exception as error:  # orbax/tensorstore raise many types for damaged files
+                self._set_aside(step, error)
+        raise CheckpointUnreadableError(
+            f"no checkpoint in {self.directory} can be read (steps {', '.join(map(str, steps))}"
+            f"{'' if self._read_only else f' were moved to {self.set_aside_directory}'}); start a new run "
+            f"with another --workdir, or move a good checkpoint back into {self.directory}.")
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -41,21 +98,32 @@ class Checkpointer:
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restores the checkpoint at `step` (default: the latest) shaped and sharded like `abstract_state`."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    def _read(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        if not isinstance(restored["meta"], dict) or "config" not in restored["meta"]:
+            raise ValueError("its metadata holds no config")
         return restored["state"], restored["meta"]
 
-    def restore_meta(self, step: int | None = None) -> dict:
-        """Only the JSON metadata of a checkpoint (cheap: no arrays are read)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restores the checkpoint at `step`, shaped and sharded like `abstract_state`.
+
+        Default: the newest readable step; each newer step that cannot be read is moved aside with a one-line
+        warning (a read-only Checkpointer only skips it). Raises CheckpointUnreadableError when none can be read.
+        """
+        if step is not None:
+            return self._read(step, abstract_state)
+        _, restored = self._newest_readable(lambda candidate: self._read(candidate, abstract_state))
+        return restored
+
+    def restore_meta(self) -> dict:
+        """The JSON metadata of the newest step whose metadata reads (cheap: no arrays are read)."""
+        def read(step: int) -> dict:
+            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            if not isinstance(meta, dict) or "config" not in meta:
+                raise ValueError("its metadata holds no config")
+            return meta
+        return self._newest_readable(read)[1]
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -9,23 +9,28 @@ import json
 
 from absl import app, flags
 
-from mbde_jax import input_pipeline, logs, sharding, workdir as workdir_lib
+from mbde_jax import input_pipeline, logs, provenance, sharding, workdir as workdir_lib
+
 
 def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None) -> dict:
     """Restores a run's checkpoint and evaluates every head on `split`; returns the metrics."""
     mesh = sharding.make_data_mesh()
-    trainer, state, _ = workdir_lib.restore_latest(workdir, mesh, step)
+    trainer, state, meta = workdir_lib.restore_latest(workdir, mesh, step)
     config = trainer.config
     metrics = trainer.evaluate(state, input_pipeline.eval_batches(
         config.dataset, split=split, global_batch_size=config.eval_batch_size, mesh=mesh,
         data_dir=config.data_dir, download=config.download))
     metrics["step"] = int(state.step)
     metrics["split"] = split or "test"
+    history = meta.get("history") or [{}]
+    metrics["provenance"] = {"run": history[-1].get("provenance"), "evaluation": provenance.collect()}
     return metrics
 
 
 def format_metrics(metrics: dict) -> str:
-    lines = [f"step {metrics['step']}, split {metrics['split']}, {metrics['num_examples']} examples, deployed head: "
+    lines = [f"run made with: {provenance.format_provenance(metrics['provenance']['run'])}",
+             f"evaluated with: {provenance.format_provenance(metrics['provenance']['evaluation'])}",
+             f"step {metrics['step']}, split {metrics['split']}, {metrics['num_examples']} examples, deployed head: "
              f"{metrics['deployed_head']}", f"{'head':<18} {'top-1 %':>8} {'top-5 %':>8}"]
     heads = [k.split("/", 1)[1] for k in metrics if k.startswith("top1/")]
     for head in heads:

@@ -292,6 +292,12 @@ def _normalizer(dataset: str):
 # Reading splits and feeding devices.
 
 
+def _plain_graph(fn):
+    """`fn` traced as it is, without AutoGraph's source rewrite: the map functions have no Python control flow
+    over tensors, and the rewrite (gast) warns on Python 3.13 and costs time at every trace."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _load_split(builder: tfds.core.DatasetBuilder, split, image_shape: tuple[int, int, int]
                 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Decodes a (sub)split into memory, in the builder's fixed order.
@@ -302,7 +308,7 @@ def _load_split(builder: tfds.core.DatasetBuilder, split, image_shape: tuple[int
     # Decoding (PNG, for CINIC-10 180,000 of them) happens once, before training: all cores may help.
     ds = builder.as_dataset(split=split, shuffle_files=False,
                             read_config=tfds.ReadConfig(options=_tf_data_options(os.cpu_count() or 1)))
-    ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32))).batch(1024).prefetch(1)
+    ds = ds.map(_plain_graph(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))).batch(1024).prefetch(1)
     images, labels = [], []
     for image_block, label_block in ds.as_numpy_iterator():
         images.append(image_block)
@@ -453,7 +459,7 @@ class TrainPipeline:
         ds = tf.data.Dataset.from_tensor_slices((plan.indices[window], plan.offset_y[window],
                                                  plan.offset_x[window], plan.flip[window]))
         ds = ds.batch(self._local_batch_size, drop_remainder=True)
-        ds = ds.map(self._make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(_plain_graph(self._make_batch), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.with_options(_tf_data_options()).prefetch(2)
         return _device_batches(ds.as_numpy_iterator(), self.mesh, self.global_batch_size)
 
@@ -601,7 +607,8 @@ def eval_batches(dataset: str, *, split: str | None = None, global_batch_size: i
                 "mask": tf.cast(mask, tf.float32)}
 
     ds = tf.data.Dataset.from_tensor_slices((indices, is_real)).batch(local_batch_size)
-    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE).with_options(_tf_data_options()).prefetch(2)
+    ds = ds.map(_plain_graph(make_batch), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.with_options(_tf_data_options()).prefetch(2)
     return _device_batches(ds.as_numpy_iterator(), mesh, global_batch_size)
 
 

@@ -20,9 +20,10 @@ Figures are drawn without pyplot (rendered by Agg; no display needed). Their siz
 diversity 640 x 400, schedule 960 x 360.
 
 A run is left out, and named with the reason in results.md, when it is incomplete (no results.json, or its final
-epoch is not the config's num_epochs), when its config differs from that of the runs the report uses (fields
-other than method, seed and data_dir), or when it repeats a method and seed already counted. Nothing is averaged
-in silently.
+epoch is not the config's num_epochs), when one of its JSON files cannot be read, when its config differs from
+that of the runs the report uses (fields other than method, seed and data_dir), when it was made with other
+jax/jaxlib/flax versions than the others, or when it repeats a method and seed already counted (mbde_jax.runs).
+Nothing is averaged in silently.
 
 The notebook-friendly pieces: load_runs, summarize, plot_accuracy, plot_diversity, plot_attention,
 plot_schedule (each returns a matplotlib Figure) and write_report.
@@ -30,10 +31,8 @@ plot_schedule (each returns a matplotlib Figure) and write_report.
 
 from __future__ import annotations
 
-import collections
 import csv
 import dataclasses
-import json
 import math
 import os
 from typing import Sequence
@@ -45,143 +44,13 @@ import numpy as np
 # notebook leaves its backend (inline plots) alone.
 from matplotlib.figure import Figure
 
-from mbde_jax.methods import METHODS
+from mbde_jax.runs import Run, by_method, find_workdirs, included, load_runs, method_order  # noqa: F401 (notebook API)
 
 DPI = 100
 PANEL_INCHES = (4.8, 3.6)
 MAX_COLUMNS = 3
 DIVERSITY_INCHES = (6.4, 4.0)
 SCHEDULE_INCHES = (9.6, 3.6)
-# Config fields that may differ between runs of one comparison.
-PER_RUN_FIELDS = ("method", "seed", "data_dir")
-
-
-def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
-
-
-@dataclasses.dataclass
-class Run:
-    """One training workdir as the report sees it.
-
-    Attributes:
-      config: config.json. history: history.json (one entry per evaluation; [] when absent).
-      results: results.json, or None when the run has not finished.
-      left_out: why the report does not use it; None when it is used.
-    """
-
-    workdir: str
-    config: dict
-    history: list
-    results: dict | None
-    left_out: str | None = None
-
-    @property
-    def method(self) -> str:
-        return self.config["method"]
-
-    @property
-    def seed(self) -> int:
-        return self.config["seed"]
-
-    @property
-    def final_metrics(self) -> dict:
-        return self.results["final"]["metrics"]
-
-
-def find_workdirs(paths: Sequence[str]) -> list[str]:
-    """Every directory at or below `paths` that holds a config.json, sorted, without repeats."""
-    found = []
-    for path in paths:
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"{path} is not a directory (give a sweep root or training workdirs)")
-        for directory, subdirs, files in os.walk(path):
-            subdirs[:] = sorted(d for d in subdirs if d != "checkpoints")  # orbax's tree holds no runs
-            if "config.json" in files:
-                found.append(os.path.normpath(directory))
-    unique = sorted(set(found))
-    if not unique:
-        raise FileNotFoundError(f"no run (a directory with config.json) under {list(paths)}")
-    return unique
-
-
-def _load_run(workdir: str) -> Run:
-    config = _read_json(os.path.join(workdir, "config.json"))
-    history_path, results_path = os.path.join(workdir, "history.json"), os.path.join(workdir, "results.json")
-    history = _read_json(history_path) if os.path.exists(history_path) else []
-    results = _read_json(results_path) if os.path.exists(results_path) else None
-    return Run(workdir, config, history, results)
-
-
-def _incomplete(run: Run) -> str | None:
-    last = run.history[-1]["epoch"] if run.history else 0
-    if run.results is None:
-        return f"incomplete: no results.json (evaluated up to epoch {last} of {run.config['num_epochs']})"
-    if run.results["final"]["epoch"] != run.config["num_epochs"]:
-        return (f"incomplete: results.json is of epoch {run.results['final']['epoch']}, the config asks for "
-                f"{run.config['num_epochs']}")
-    if not run.history:
-        return "incomplete: no history.json"
-    return None
-
-
-def _shared_config(config: dict) -> str:
-    return json.dumps({k: v for k, v in config.items() if k not in PER_RUN_FIELDS}, sort_keys=True)
-
-
-def _config_difference(config: dict, reference: dict) -> str:
-    names = sorted((set(config) | set(reference)) - set(PER_RUN_FIELDS))
-    return ", ".join(f"{name} {config.get(name, '<absent>')!r} (the others: {reference.get(name, '<absent>')!r})"
-                     for name in names if config.get(name, "<absent>") != reference.get(name, "<absent>"))
-
-
-def load_runs(paths: Sequence[str]) -> list[Run]:
-    """Loads every run under `paths` and marks the ones the report must leave out (Run.left_out).
-
-    The runs of one report are one comparison: they must share their config except for method, seed and
-    data_dir. The config shared by most complete runs (the first found on a tie) is the reference; runs with
-    another are left out, as are incomplete runs and repeats of a (method, seed) already counted.
-    """
-    runs = [_load_run(workdir) for workdir in find_workdirs(paths)]
-    for run in runs:
-        run.left_out = _incomplete(run)
-    groups = collections.Counter(_shared_config(run.config) for run in runs if run.left_out is None)
-    if groups:
-        reference_key = groups.most_common(1)[0][0]
-        reference = next(run.config for run in runs if _shared_config(run.config) == reference_key)
-        for run in runs:
-            if _shared_config(run.config) != reference_key:
-                reason = f"config differs from the other runs': {_config_difference(run.config, reference)}"
-                run.left_out = f"{run.left_out}; {reason}" if run.left_out else reason
-    counted: dict[tuple[str, int], str] = {}
-    for run in runs:
-        if run.left_out is None:
-            key = (run.method, run.seed)
-            if key in counted:
-                run.left_out = f"repeats method {run.method} seed {run.seed} of {counted[key]}"
-            else:
-                counted[key] = run.workdir
-    return runs
-
-
-def included(runs: Sequence[Run]) -> list[Run]:
-    return [run for run in runs if run.left_out is None]
-
-
-def _method_order(name: str) -> tuple[int, str]:
-    names = list(METHODS)
-    return (names.index(name) if name in names else len(names), name)
-
-
-def by_method(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    """The used runs grouped by method (in mbde_jax.methods.METHODS order), each group sorted by seed."""
-    groups: dict[str, list[Run]] = collections.defaultdict(list)
-    for run in included(runs):
-        groups[run.method].append(run)
-    return {name: sorted(groups[name], key=lambda run: run.seed) for name in sorted(groups, key=_method_order)}
-
-
 # --- Tables ------------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -294,7 +163,7 @@ def results_markdown(runs: Sequence[Run], plots: Sequence[str] = ()) -> str:
         lines += ["## Plots", ""] + [f"![{os.path.splitext(name)[0]}]({name})" for name in plots] + [""]
     lines += ["## Runs used", ""]
     lines += [f"- {run.method} seed {run.seed}: `{run.workdir}`" for run in sorted(
-        used, key=lambda run: (_method_order(run.method), run.seed))]
+        used, key=lambda run: (method_order(run.method), run.seed))]
     left_out = [run for run in runs if run.left_out is not None]
     lines += ["", "## Runs left out", ""]
     lines += [f"- `{run.workdir}` ({run.method} seed {run.seed}): {run.left_out}" for run in left_out] or ["None."]

@@ -23,7 +23,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from mbde_jax import (checkpoint, config_validation, evaluation, input_pipeline, logs, losses, methods, optim,
-                      sharding)
+                      provenance, sharding)
 from mbde_jax.datasets import info as dataset_info
 from mbde_jax.model import OnlineKDModel
 
@@ -263,8 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
         sharding.check_batch_divisible(config.eval_batch_size, mesh, field="config.eval_batch_size")
     except ValueError as error:
         raise config_validation.ConfigError(str(error)) from None
-    logging.info("devices: %d x %s over %d process(es)", mesh.devices.size, jax.devices()[0].device_kind,
-                 jax.process_count())
+    run_provenance = provenance.collect()
+    logging.info("made with: %s", provenance.format_provenance(run_provenance))
 
     pipeline = input_pipeline.make_train_pipeline(config, mesh)
     trainer = Trainer(config, mesh, pipeline.steps_per_epoch)
@@ -334,7 +334,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
                     data_dir=config.data_dir, download=config.download))
                 entry = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train": pending.epoch_means(),
                          "learning_rate": float(trainer.learning_rate(step - 1)),
-                         "ramp_weight": float(losses.rampup_weight(epoch, config.rampup_epochs))}
+                         "ramp_weight": float(losses.rampup_weight(epoch, config.rampup_epochs)),
+                         "provenance": run_provenance}
                 meta["history"].append(entry)
                 if meta["best"] is None or metrics["top1/deployed"] > meta["best"]["metrics"]["top1/deployed"]:
                     meta["best"] = entry
@@ -364,6 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
         "best": dict(meta["best"], note="best epoch by the deployed head's test top-1; for reference only, "
                                         "the headline is 'final'"),
         "train_seconds_this_session": round(time.time() - started, 1),
+        "provenance": run_provenance,
     }
     _write_json(os.path.join(workdir, "results.json"), results)
     return results

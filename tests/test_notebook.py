@@ -1,6 +1,7 @@
 """The Colab notebook runs top to bottom on CPU with the tiny config, so it cannot rot unnoticed.
 
-Outside Colab its install and Drive cells do nothing; the parameters come from MBDE_NOTEBOOK_PARAMS.
+Outside Colab its install cell only prints colab/install.py's plan and its Drive cell does nothing; the
+parameters come from MBDE_NOTEBOOK_PARAMS.
 """
 
 import json
@@ -35,6 +36,7 @@ def test_notebook_trains_and_plots(tmp_path, monkeypatch):
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
     text = "".join(output.get("text", "") for output in outputs if output.get("output_type") == "stream")
     assert "running outside Colab" in text
+    assert "runtime: cpu" in text and " jax>=" in text  # the install cell ran colab/install.py --plan
     assert "device(s)" in text and "final epoch 1: leader (deployed) test top-1" in text
     images = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(images) >= 3  # accuracy, diversity, attention (the test config trains MBDE) and schedule

@@ -133,3 +133,75 @@ def test_a_report_with_no_usable_run_says_why(sweep_root, tmp_path):
     with pytest.raises(ValueError, match="(?s)every run was left out.*incomplete: no results.json"):
         report.write_report([str(copy)], str(tmp_path / "report"))
     assert not (tmp_path / "report").exists()
+
+
+def _copy_without_checkpoints(sweep_root, tmp_path) -> pathlib.Path:
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_root, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    return copy
+
+
+def _edit_json(path: pathlib.Path, edit) -> None:
+    payload = json.loads(path.read_text())
+    edit(payload)
+    path.write_text(json.dumps(payload))
+
+
+def test_every_run_records_its_provenance(sweep_root):
+    import jax
+    import flax
+    results = _results(sweep_root, "mbde")[0]
+    block = results["provenance"]
+    assert block["versions"]["jax"] == jax.__version__ and block["versions"]["flax"] == flax.__version__
+    assert set(block["versions"]) >= {"python", "jaxlib", "optax", "orbax-checkpoint", "tensorflow",
+                                      "tensorflow-datasets", "numpy"}
+    assert (block["platform"], block["device_count"], block["process_count"]) == ("cpu", 2, 1)
+    assert block["code"]["package"] == "0.1.0"
+    history = json.loads((sweep_root / "mbde" / "seed_0" / "history.json").read_text())
+    assert all(entry["provenance"] == block for entry in history)
+
+
+def test_runs_of_another_jax_version_are_left_out_not_averaged(sweep_root, tmp_path):
+    copy = _copy_without_checkpoints(sweep_root, tmp_path)
+    other = copy / "mbde" / "seed_1"
+
+    def older_jax(payload):
+        payload["provenance"]["versions"]["jax"] = "0.0.1"
+
+    _edit_json(other / "results.json", older_jax)
+    for run in report.load_runs([str(copy)]):
+        if run.workdir == str(other):
+            assert run.left_out.startswith("made with jax 0.0.1, jaxlib "), run.left_out
+        else:
+            assert run.left_out is None, run.left_out
+    written = report.write_report([str(copy)], str(tmp_path / "report"))
+    left_out = pathlib.Path(written["results.md"]).read_text().split("## Runs left out")[1]
+    assert f"`{other}` (mbde seed 1): made with jax 0.0.1" in left_out
+    assert "runs of different versions are never averaged together" in left_out
+    assert _table(pathlib.Path(written["results.md"]).read_text())["mbde"]["seeds"] == "0"
+
+
+def test_a_run_resumed_across_versions_is_left_out(sweep_root, tmp_path):
+    copy = _copy_without_checkpoints(sweep_root, tmp_path)
+    resumed = copy / "one" / "seed_0"
+
+    def first_epoch_older(history):
+        history[0]["provenance"]["versions"]["flax"] = "0.0.2"
+
+    _edit_json(resumed / "history.json", first_epoch_older)
+    (run,) = [run for run in report.load_runs([str(copy)]) if run.workdir == str(resumed)]
+    assert run.left_out.startswith("resumed across library versions")
+    assert "flax 0.0.2" in run.left_out
+
+
+def test_a_run_with_an_unreadable_json_file_is_named_and_the_rest_reported(sweep_root, tmp_path):
+    copy = _copy_without_checkpoints(sweep_root, tmp_path)
+    (copy / "mbde" / "seed_1" / "history.json").write_text('[{"epoch": 1, "metr')  # truncated
+    (copy / "one" / "seed_1" / "config.json").write_bytes(b"\xff\xfe garbage")
+    written = report.write_report([str(copy)], str(tmp_path / "report"))
+    markdown = pathlib.Path(written["results.md"]).read_text()
+    left_out = markdown.split("## Runs left out")[1]
+    assert f"unreadable: {copy / 'mbde' / 'seed_1' / 'history.json'} cannot be read (JSONDecodeError" in left_out
+    assert f"unreadable: {copy / 'one' / 'seed_1' / 'config.json'} cannot be read (UnicodeDecodeError" in left_out
+    table = _table(markdown)
+    assert table["mbde"]["seeds"] == "0" and table["one"]["seeds"] == "0"

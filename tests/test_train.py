@@ -4,6 +4,7 @@ the optimizer and schedules, evaluate/export, and the guards."""
 import json
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 
@@ -15,9 +16,9 @@ import optax
 import pytest
 
 from mbde_jax import (checkpoint, config_utils, config_validation, input_pipeline, losses, methods, optim,
-                      sharding, train)
+                      provenance, sharding, train)
 from mbde_jax import workdir as workdir_lib
-from mbde_jax.evaluate import evaluate_workdir
+from mbde_jax.evaluate import evaluate_workdir, format_metrics
 from mbde_jax.export import export_deployed, load_deployed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,6 +90,12 @@ def test_evaluate_reproduces_the_final_metrics(finished_run):
     for key, value in results["final"]["metrics"].items():
         if isinstance(value, float):
             assert metrics[key] == pytest.approx(value, abs=1e-6), key
+    # The provenance of the run it read (the checkpoint's last history entry) and of this evaluation.
+    assert metrics["provenance"]["run"] == results["provenance"]
+    assert metrics["provenance"]["evaluation"]["versions"] == results["provenance"]["versions"]
+    text = format_metrics(metrics)
+    assert text.splitlines()[0] == f"run made with: {provenance.format_provenance(results['provenance'])}"
+    assert text.splitlines()[1].startswith(f"evaluated with: python {platform.python_version()}, jax ")
 
 
 def test_exported_leader_reproduces_the_leader_accuracy(finished_run, tmp_path):
@@ -151,9 +158,12 @@ def test_loss_trajectory_does_not_depend_on_the_device_count(tmp_path):
         assert payload["devices"] == devices
         trajectories[devices] = payload["losses"]
     assert len(trajectories[1]) == 6
-    # float32 all-reduces sum in a different order on 2 devices; the losses (about 8: three CEs) agree to 1e-5
-    # relative, i.e. to a few float32 ulps, over the whole trajectory.
-    np.testing.assert_allclose(trajectories[1], trajectories[2], rtol=1e-5, atol=0)
+    # float32 all-reduces sum in a different order on 2 devices. The first loss is computed before any update
+    # and agrees to a few float32 ulps; later steps amplify the reordering (lr 0.1 on a tiny batch: jax 0.12
+    # reaches 1.3e-5 relative by step 6), which stays far below what per-device batch-norm statistics or a
+    # per-device loss mean would cause (percent-level from the first step).
+    np.testing.assert_allclose(trajectories[1][0], trajectories[2][0], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(trajectories[1], trajectories[2], rtol=1e-4, atol=0)
 
 
 def test_optimizer_matches_a_pytorch_style_nesterov_update():
