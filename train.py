@@ -7,6 +7,7 @@ jax.distributed.initialize() runs when the environment describes a multi-process
 """
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -37,13 +38,16 @@ def main(argv):
 
     if _DISTRIBUTED.value or _multi_process_environment():
         jax.distributed.initialize()
-    from mbde_jax import config_validation, input_pipeline, train
+    from mbde_jax import cli_errors, lifecycle, train
 
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-    except (config_validation.ConfigError, input_pipeline.DatasetUnavailableError, train.NonFiniteLossError) as error:
-        # What the user must change is in the message; a traceback would only bury it.
-        raise SystemExit(f"error: {error}") from None
+        # What the user must change is in the message; a traceback would only bury it (MBDE_DEBUG=1 shows it).
+        with cli_errors.one_line_errors("train.py"):
+            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                     allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    except lifecycle.TrainingStopped as stopped:
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,9 @@ def get_config() -> config_dict.ConfigDict:
     config.checkpoint_every_epochs = 10
     # Also checkpoint every this many steps inside an epoch (0: off); the run resumes mid-epoch exactly.
     config.checkpoint_every_steps = 0
+    # Also checkpoint when this many minutes have passed since the last checkpoint (0: off), so that a run
+    # killed without warning (a Colab disconnect, the OOM killer) loses at most that much.
+    config.checkpoint_every_minutes = 10.0
     # How many of the latest checkpoints are kept.
     config.keep_checkpoints = 3
     # Training metrics are averaged and written every this many steps.

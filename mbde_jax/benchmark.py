@@ -221,11 +221,10 @@ def _persistent_cache_hits():
 def _setup(args: argparse.Namespace):
     """Config, devices (split before JAX starts), mesh and a Trainer for the config."""
     config = load_config(args.config, args.overrides)
-    from mbde_jax import config_validation, train  # pylint: disable=import-outside-toplevel
+    from mbde_jax import config_validation, logs, sharding, train  # pylint: disable=import-outside-toplevel
 
     config_validation.validate(config)
-    train.configure_host_devices(config)
-    from mbde_jax import logs, sharding  # pylint: disable=import-outside-toplevel
+    sharding.configure_host_devices(config)
 
     logs.quiet_library_info_logs()
     mesh = sharding.make_data_mesh()
@@ -290,10 +289,10 @@ def _input_command(args: argparse.Namespace) -> None:
     import jax  # pylint: disable=import-outside-toplevel
     import ml_collections  # pylint: disable=import-outside-toplevel
 
-    from mbde_jax import input_pipeline, sharding, train  # pylint: disable=import-outside-toplevel
+    from mbde_jax import input_pipeline, sharding  # pylint: disable=import-outside-toplevel
 
     # The same CPU devices as training would use, so that the batches are sharded as the train step reads them.
-    train.configure_host_devices(ml_collections.ConfigDict(
+    sharding.configure_host_devices(ml_collections.ConfigDict(
             {"cpu_devices": args.cpu_devices, "batch_size": args.batch_size, "eval_batch_size": args.batch_size}))
     source = args.data
     if source == "auto":

@@ -23,6 +23,10 @@ from absl import logging
 TMP_PATTERN = "*.orbax-checkpoint-tmp*"
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (disk full, permissions); the partial save was removed."""
+
+
 class CheckpointUnreadableError(RuntimeError):
     """No checkpoint of a workdir can be read; the unreadable ones were moved aside, not deleted."""
 
@@ -92,8 +96,16 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Saves `state` and `meta` at `step` (returns once the checkpoint is complete on disk)."""
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as error:  # ENOSPC and EACCES reach us wrapped in orbax's and tensorstore's types
+            self._remove_partial_saves()
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise CheckpointSaveError(
+                f"checkpoint step {step} could not be written in {self.directory} ({first_line}); the partial "
+                f"save was removed and earlier checkpoints are intact. Free space or fix the permissions, then "
+                f"run the same command again to resume.") from error
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

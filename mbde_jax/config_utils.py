@@ -29,6 +29,7 @@ def load_config(config_file: str, overrides: dict | None = None):
     """
     path = pathlib.Path(config_file).resolve()
     config = load_sibling(str(path), path.stem).get_config()
-    if overrides:
-        config.update_from_flattened_dict(dict(overrides))
+    if overrides:  # JSON (a notebook's parameters) has lists where configs hold tuples
+        config.update_from_flattened_dict({name: tuple(value) if isinstance(value, list) else value
+                                           for name, value in overrides.items()})
     return config

@@ -7,6 +7,7 @@ this also catches them in config files, and checks ranges and names.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import ml_collections
@@ -23,10 +24,14 @@ class ConfigError(ValueError):
 
 
 def _positive(value) -> str | None:
+    if not math.isfinite(value):
+        return "must be a finite number"
     return None if value > 0 else "must be > 0"
 
 
 def _non_negative(value) -> str | None:
+    if not math.isfinite(value):
+        return "must be a finite number"
     return None if value >= 0 else "must be >= 0"
 
 
@@ -90,6 +95,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], Check | None, bool]] = {
     "eval_every_epochs": ((int,), _at_least(1), False),
     "checkpoint_every_epochs": ((int,), _at_least(1), False),
     "checkpoint_every_steps": ((int,), _non_negative, False),
+    "checkpoint_every_minutes": ((float, int), _non_negative, False),
     "keep_checkpoints": ((int,), _at_least(1), False),
     "log_every_steps": ((int,), _at_least(1), False),
 }
@@ -125,4 +131,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         problem = check(value) if check else None
         if problem:
             raise ConfigError(f"config.{name}={value!r}: {problem}.")
+    late = [epoch for epoch in config.lr_boundaries_epochs if epoch > config.num_epochs]
+    if late:
+        raise ConfigError(f"config.lr_boundaries_epochs={tuple(config.lr_boundaries_epochs)!r}: epoch(s) {late} lie "
+                          f"past config.num_epochs={config.num_epochs}, so that drop would never happen; give "
+                          f"epochs in [1, {config.num_epochs}] (or an empty tuple for a constant rate).")
     methods.num_branches(config)  # the method's own limits on num_branches

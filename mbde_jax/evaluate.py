@@ -9,7 +9,7 @@ import json
 
 from absl import app, flags
 
-from mbde_jax import input_pipeline, logs, provenance, sharding, workdir as workdir_lib
+from mbde_jax import cli_errors, input_pipeline, logs, provenance, sharding, workdir as workdir_lib
 
 
 def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None) -> dict:
@@ -55,11 +55,12 @@ def _run_cli() -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logs.quiet_library_info_logs()
-        metrics = evaluate_workdir(workdir.value, split.value, step.value)
-        print(format_metrics(metrics))
-        if json_path.value:
-            with open(json_path.value, "w") as f:
-                json.dump(metrics, f, indent=2)
+        with cli_errors.one_line_errors("mbde_jax.evaluate"):
+            metrics = evaluate_workdir(workdir.value, split.value, step.value)
+            print(format_metrics(metrics))
+            if json_path.value:
+                with open(json_path.value, "w") as f:
+                    json.dump(metrics, f, indent=2)
 
     app.run(main)
 

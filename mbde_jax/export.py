@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from mbde_jax import evaluation, logs, sharding, workdir as workdir_lib
+from mbde_jax import cli_errors, evaluation, logs, workdir as workdir_lib
 from mbde_jax.datasets import info as dataset_info
 from mbde_jax.models import MultiBranchNet
 
@@ -127,9 +127,10 @@ def _run_cli() -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logs.quiet_library_info_logs()
-        spec = export_deployed(workdir.value, out.value, step.value)
-        count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
-            load_deployed(out.value).variables["params"]))
+        with cli_errors.one_line_errors("mbde_jax.export"):
+            spec = export_deployed(workdir.value, out.value, step.value)
+            count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
+                load_deployed(out.value).variables["params"]))
         print(f"exported the {spec['deployed_head']} of {spec['method']} ({spec['arch']}, {count:,} parameters, "
               f"step {spec['source_step']}) to {os.path.abspath(out.value)}")
 

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import urllib.parse
@@ -310,9 +312,19 @@ def _load_split(builder: tfds.core.DatasetBuilder, split, image_shape: tuple[int
                             read_config=tfds.ReadConfig(options=_tf_data_options(os.cpu_count() or 1)))
     ds = ds.map(_plain_graph(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))).batch(1024).prefetch(1)
     images, labels = [], []
-    for image_block, label_block in ds.as_numpy_iterator():
-        images.append(image_block)
-        labels.append(label_block)
+    try:
+        for image_block, label_block in ds.as_numpy_iterator():
+            images.append(image_block)
+            labels.append(label_block)
+    except tf.errors.OpError as error:  # a truncated or corrupt tfrecord: name the files, not TF's graph node
+        name = str(getattr(split, "split", split)).split("[")[0]  # an even (per-process) split wraps the name
+        files = sorted(glob.glob(os.path.join(builder.data_dir, f"{builder.name}-{name}.*")))
+        message = re.sub(r"\{\{.*?\}\}\s*", "", error.message).splitlines()[0][:200]  # TF's graph node ids
+        raise DatasetUnavailableError(
+            f"{builder.name} split {name} in {builder.data_dir} cannot be read ({type(error).__name__}: "
+            f"{message}); files: {', '.join(map(os.path.basename, files)) or 'none'}. "
+            f"The prepared data is damaged: delete {builder.data_dir} and prepare it again "
+            f"(python -m mbde_jax.data prepare {builder.name}).") from None
     if not labels:
         raise ValueError(f"{builder.name} split {split} is empty in {builder.data_dir}.")
     images_np, labels_np = np.concatenate(images), np.concatenate(labels)

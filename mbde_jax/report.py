@@ -44,6 +44,7 @@ import numpy as np
 # notebook leaves its backend (inline plots) alone.
 from matplotlib.figure import Figure
 
+from mbde_jax import cli_errors
 from mbde_jax.runs import Run, by_method, find_workdirs, included, load_runs, method_order  # noqa: F401 (notebook API)
 
 DPI = 100
@@ -394,10 +395,8 @@ def _run_cli() -> None:
         if out_flag.value is None and len(paths) > 1:
             raise app.UsageError("--out is needed when more than one path is given")
         out_dir = out_flag.value or os.path.join(paths[0], "report")
-        try:
+        with cli_errors.one_line_errors("mbde_jax.report"):
             written = write_report(paths, out_dir)
-        except (ValueError, FileNotFoundError) as error:
-            raise SystemExit(f"mbde_jax.report: {error}") from None
         with open(written["results.md"]) as f:
             print(f.read())
         print("written:\n" + "\n".join(f"  {path}" for path in written.values()))

@@ -15,7 +15,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mbde_jax import methods
+from mbde_jax import cli_errors, methods
 from mbde_jax.datasets import info as dataset_info
 from mbde_jax.model import OnlineKDModel
 
@@ -92,11 +92,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    try:
+    with cli_errors.one_line_errors("mbde_jax.summary"):
         model = methods.build_model(config)
         counts = count_parameters(model, dataset_info.get_dataset_info(config.dataset).image_shape)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
     print(format_summary(config, model, counts))
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 import traceback
 from typing import Callable, Sequence
@@ -29,7 +30,7 @@ from typing import Callable, Sequence
 import ml_collections
 from absl import logging
 
-from mbde_jax import config_validation, methods
+from mbde_jax import config_validation, lifecycle, methods, sharding
 
 # Fields in which a finished run's config.json may differ from the sweep's config and still be skipped as this
 # sweep's run: where the data was read from does not change what was trained.
@@ -127,6 +128,9 @@ def plan(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: 
     """
     if not method_names or not seeds:
         raise ValueError("the sweep needs at least one method (--methods) and one seed (--seeds)")
+    # Before anything can start JAX's backends (reading a checkpoint does): every run of this sweep, fresh or
+    # resumed, must see the devices a fresh run would.
+    sharding.configure_host_devices(config)
     for name, values in (("methods", method_names), ("seeds", seeds)):
         if len(set(values)) != len(values):
             raise ValueError(f"--{name} lists a value twice: {list(values)}")
@@ -199,6 +203,9 @@ def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], se
         started = time.time()
         try:
             train_fn(run.config, run.workdir)
+        except lifecycle.TrainingStopped:  # the user asked the whole sweep to stop (SIGTERM/SIGINT)
+            run.outcome = "stopped"
+            raise
         except Exception as error:  # one diverged or broken run must not lose the rest of a long sweep
             logging.error("sweep run %s seed %d failed:\n%s", run.method, run.seed, traceback.format_exc())
             run.outcome = f"failed: {type(error).__name__}: {error}"
@@ -238,12 +245,18 @@ def _run_cli() -> None:
 
         logs.quiet_library_info_logs()
         config = config_flag.value
+        given = {name: flags.FLAGS[name].present for name in ("methods", "seeds")}
         try:
-            runs = run_sweep(config, methods_flag.value or [config.method],
-                             _parse_seeds(seeds_flag.value) if seeds_flag.value else [config.seed],
+            # A flag given empty (--methods=) is an empty list, refused by plan(); only an absent one defaults.
+            runs = run_sweep(config, methods_flag.value if given["methods"] else [config.method],
+                             _parse_seeds(seeds_flag.value) if given["seeds"] else [config.seed],
                              workdir_flag.value, dry_run=dry_run_flag.value)
         except ValueError as error:  # a bad sweep: say what is wrong without the flag listing of a UsageError
             raise SystemExit(f"mbde_jax.sweep: {error}") from None
+        except lifecycle.TrainingStopped as stopped:  # a signal stopped the run in progress after a checkpoint
+            print(f"{stopped}\nThe sweep stopped there; run the same sweep command again to continue.",
+                  file=sys.stderr)
+            sys.exit(stopped.exit_code)
         failed = [run for run in runs if run.outcome and run.outcome.startswith("failed")]
         if failed:
             raise SystemExit(f"{len(failed)} run(s) failed:\n" + "\n".join(describe(run) for run in failed))

@@ -7,6 +7,7 @@ global batch, so a run does not depend on the device count.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -22,45 +23,13 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from mbde_jax import (checkpoint, config_validation, evaluation, input_pipeline, logs, losses, methods, optim,
-                      provenance, sharding)
+from mbde_jax import (checkpoint, config_validation, evaluation, input_pipeline, lifecycle, logs, losses, methods,
+                      optim, provenance, sharding, train_metrics)
 from mbde_jax.datasets import info as dataset_info
 from mbde_jax.model import OnlineKDModel
 
 
-HOST_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
-
-
-def auto_cpu_devices(config: ml_collections.ConfigDict) -> int:
-    """config.cpu_devices, or for 0 (auto): 2 on a host with 2+ cores when both batch sizes are even, else 1.
-
-    Why 2: XLA:CPU runs each YNNPACK convolution on one core, and a ResNet trunk is a chain of them, so one
-    device leaves a core idle for half the step; two devices each run half the batch. More devices only add
-    collectives (measured on 2 cores: 1 device 168, 2 devices 191, 4 devices 183 images/s; README, Performance).
-    """
-    if config.cpu_devices:
-        return config.cpu_devices
-    even = config.batch_size % 2 == 0 and config.eval_batch_size % 2 == 0
-    return 2 if (os.cpu_count() or 1) >= 2 and even else 1
-
-
-def configure_host_devices(config: ml_collections.ConfigDict) -> bool:
-    """Splits the host CPU into auto_cpu_devices(config) JAX devices; call before JAX starts its backends.
-
-    Only the CPU backend is affected, so this is harmless where a GPU or TPU is the default backend. Nothing
-    is changed (and False returned) when JAX has already started, when XLA_FLAGS sets
-    --xla_force_host_platform_device_count (the caller chose, as the tests do), when jax_num_cpu_devices was
-    set explicitly, or in a multi-process run.
-    """
-    if HOST_DEVICE_COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
-        return False
-    if jax.config.jax_num_cpu_devices >= 0 or jax.distributed.is_initialized():
-        return False
-    try:
-        jax.config.update("jax_num_cpu_devices", auto_cpu_devices(config))
-    except RuntimeError:  # backends already initialised: keep whatever devices exist
-        return False
-    return True
+NonFiniteLossError = train_metrics.NonFiniteLossError  # re-exported: callers catch train.NonFiniteLossError
 
 
 @flax.struct.dataclass
@@ -71,10 +40,6 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
 
 
 def create_train_state(model: OnlineKDModel, tx: optax.GradientTransformation, seed: int,
@@ -195,68 +160,76 @@ def _write_json(path: str, payload: Any) -> None:
     os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
-class _PendingMetrics:
-    """Per-step training metrics kept on the device until the next log, then checked and averaged."""
+# Fields that shape the checkpointed state: a checkpoint cannot be resumed with other values, even when the
+# user allows a config change (orbax would only report an array shape mismatch).
+STATE_SHAPING_FIELDS = ("dataset", "arch", "num_branches", "method", "shared_trunk", "attention_reduction")
 
-    def __init__(self):
-        self._steps: list[tuple[int, dict[str, jax.Array]]] = []
-        self._epoch_sums: dict[str, float] = {}
-        self._epoch_steps = 0
 
-    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
-        self._steps.append((step, metrics))
-
-    def flush(self, last_good_checkpoint: int | None) -> dict[str, float]:
-        """Averages the pending metrics; raises NonFiniteLossError naming the first step whose loss is not
-        finite. Returns {} when nothing is pending. The epoch's running means are updated too."""
-        if not self._steps:
-            return {}
-        steps, values = zip(*self._steps)
-        values = jax.device_get(values)
-        self._steps = []
-        for step, metrics in zip(steps, values):
-            if not np.isfinite(metrics["loss"]):
-                where = (f"the last good checkpoint (step {last_good_checkpoint}) is kept"
-                         if last_good_checkpoint is not None else "no checkpoint had been written yet")
-                raise NonFiniteLossError(
-                    f"training loss is {metrics['loss']} at step {step + 1} (1-based); stopping. {where}. "
-                    f"Lower config.learning_rate or the loss weights, or check the data.")
-        for metrics in values:
-            for name, value in metrics.items():
-                self._epoch_sums[name] = self._epoch_sums.get(name, 0.0) + float(value)
-        self._epoch_steps += len(values)
-        return {name: float(np.mean([m[name] for m in values])) for name in values[0]}
-
-    def running_sums(self) -> dict:
-        """The epoch's running sums, saved in checkpoints so a resumed epoch reports the same means."""
-        return {"sums": dict(self._epoch_sums), "steps": self._epoch_steps}
-
-    def load_running_sums(self, saved: dict | None) -> None:
-        if saved:
-            self._epoch_sums, self._epoch_steps = dict(saved["sums"]), int(saved["steps"])
-
-    def epoch_means(self) -> dict[str, float]:
-        """Means over the steps flushed since the last call (the epoch's training metrics), then resets."""
-        means = {name: total / self._epoch_steps for name, total in self._epoch_sums.items()}
-        self._epoch_sums, self._epoch_steps = {}, 0
-        return means
+def _prepare_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise config_validation.ConfigError(
+            f"--workdir {workdir}: cannot be used ({error.strerror or error}); give a directory this user can "
+            f"create and write.") from None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
                        ) -> dict:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint, and returns results.json's content.
+    """Trains `config` in `workdir`, resuming from its newest readable checkpoint, and returns results.json's content.
 
     The workdir receives: config.json, checkpoints/ (orbax), TensorBoard events, history.json (every
-    evaluation) and, at the end, results.json (the final epoch's metrics of every head, the headline, and the
-    best epoch's, labelled as such).
+    evaluation), config_history.json (every config replaced with --allow_config_change) and, at the end,
+    results.json (the final epoch's metrics of every head, the headline, and the best epoch's, labelled).
+    One trainer at a time holds the workdir (lifecycle.WorkdirLock). The first SIGTERM or SIGINT finishes the
+    current step, checkpoints and raises lifecycle.TrainingStopped.
 
     Args:
-      allow_config_change: resume even if the workdir's checkpoint was made with a different config.
+      allow_config_change: resume even if the workdir's checkpoint was made with a different config (not one
+        that changes the state's shapes: STATE_SHAPING_FIELDS).
     """
     config_validation.validate(config)
-    configure_host_devices(config)
+    sharding.configure_host_devices(config)
     logs.quiet_library_info_logs()
-    os.makedirs(workdir, exist_ok=True)
+    _prepare_workdir(workdir)
+    lock = lifecycle.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock, lifecycle.GracefulStop() as stop:
+        return _train_and_evaluate(config, workdir, allow_config_change, stop)
+
+
+def _restore_or_init(config, workdir, trainer, checkpointer, current_config, allow_config_change):
+    """(state, meta) from the newest readable checkpoint, after checking its config; or a fresh state."""
+    if checkpointer.latest_step() is None:
+        return trainer.init_state(), {"config": current_config, "history": [], "best": None, "train_seconds": 0.0}
+    saved = checkpointer.restore_meta()
+    differences = config_differences(saved["config"], current_config)
+    shaping = [name for name in differences if name in STATE_SHAPING_FIELDS]
+    if shaping:
+        changes = ", ".join(f"{name} {saved['config'].get(name)!r} -> {current_config.get(name)!r}"
+                            for name in shaping)
+        raise config_validation.ConfigError(
+            f"{workdir} holds a checkpoint whose state has other shapes ({changes}); it cannot be resumed with "
+            f"these values. Use a new --workdir, or the workdir's config.json values.")
+    if differences and not allow_config_change:
+        raise config_validation.ConfigError(
+            f"{workdir} holds a checkpoint of a run with a different config (fields: "
+            f"{', '.join(differences)}). Use a new --workdir, or pass --allow_config_change to resume it "
+            f"with the new values.")
+    state, meta = checkpointer.restore(trainer.abstract_state())
+    if differences and jax.process_index() == 0:
+        path = lifecycle.record_config_change(workdir, meta["config"], int(state.step), differences)
+        logging.warning("config changed (%s) at step %d; the previous config is kept in %s",
+                        ", ".join(differences), int(state.step), path)
+    meta["config"] = current_config
+    logging.info("resumed from step %d in %s", int(state.step), checkpointer.directory)
+    return state, meta
+
+
+def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.GracefulStop) -> dict:
     mesh = sharding.make_data_mesh()
     try:
         sharding.check_batch_divisible(config.batch_size, mesh)
@@ -273,21 +246,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
     current_config = _jsonable_config(config)
 
     checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-    meta = {"config": current_config, "history": [], "best": None}
-    if checkpointer.latest_step() is not None:
-        saved = checkpointer.restore_meta()
-        differences = config_differences(saved["config"], current_config)
-        if differences and not allow_config_change:
-            checkpointer.close()
-            raise config_validation.ConfigError(
-                f"{workdir} holds a checkpoint of a run with a different config (fields: "
-                f"{', '.join(differences)}). Use a new --workdir, or pass --allow_config_change to resume it "
-                f"with the new values.")
-        state, meta = checkpointer.restore(trainer.abstract_state())
-        meta["config"] = current_config
-        logging.info("resumed from step %d in %s", int(state.step), checkpointer.directory)
-    else:
-        state = trainer.init_state()
+    try:
+        state, meta = _restore_or_init(config, workdir, trainer, checkpointer, current_config, allow_config_change)
+    except BaseException:
+        checkpointer.close()
+        raise
     last_checkpoint = checkpointer.latest_step()
     _write_json(os.path.join(workdir, "config.json"), current_config)
 
@@ -295,22 +258,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
     if int(state.step) == 0:
         writer.write_hparams({k: v for k, v in current_config.items() if isinstance(v, (int, float, str, bool))})
     report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    pending = _PendingMetrics()
+    pending = train_metrics.PendingMetrics()
     pending.load_running_sums(meta.get("train_running_sums"))
     step = int(state.step)
     start_epoch, start_batch = divmod(step, steps_per_epoch)
     started = time.time()
+    seconds_before = float(meta.get("train_seconds", 0.0))
+    last_save_time = time.monotonic()
 
     def save(step: int) -> None:
-        nonlocal last_checkpoint
+        nonlocal last_checkpoint, last_save_time
         pending_summary = pending.flush(last_checkpoint)  # never checkpoint a non-finite state
         if pending_summary:
             writer.write_scalars(step, {f"train/{k}": v for k, v in pending_summary.items()})
         meta["train_running_sums"] = pending.running_sums()
+        meta["train_seconds"] = round(seconds_before + time.time() - started, 1)
         checkpointer.save(step, state, meta)
-        last_checkpoint = step
+        last_checkpoint, last_save_time = step, time.monotonic()
+
+    def evaluate(epoch: int) -> None:
+        """Evaluates the state at the end of 0-based `epoch` and appends it to the history."""
+        summary = pending.flush(last_checkpoint)
+        if summary:
+            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+        metrics = trainer.evaluate(state, input_pipeline.eval_batches(
+            config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
+            data_dir=config.data_dir, download=config.download))
+        entry = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train": pending.epoch_means(),
+                 "learning_rate": float(trainer.learning_rate(step - 1)),
+                 "ramp_weight": float(losses.rampup_weight(epoch, config.rampup_epochs)),
+                 "provenance": run_provenance}
+        meta["history"].append(entry)
+        if meta["best"] is None or metrics["top1/deployed"] > meta["best"]["metrics"]["top1/deployed"]:
+            meta["best"] = entry
+        writer.write_scalars(step, {f"test/{k}": v for k, v in evaluation.scalar_metrics(metrics).items()})
+        logging.info("epoch %d/%d: test top-1 %s %.2f%%, peer ensemble %.2f%%, diversity %.4f",
+                     epoch + 1, config.num_epochs, metrics["deployed_head"], metrics["top1/deployed"],
+                     metrics["top1/peer_ensemble"], metrics["diversity"])
+        _write_json(os.path.join(workdir, "history.json"), meta["history"])
+
+    def evaluates(epoch: int) -> bool:
+        return (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs
+
+    def time_to_save() -> bool:
+        if not config.checkpoint_every_minutes or step % config.log_every_steps:
+            return False
+        due = time.monotonic() - last_save_time >= 60.0 * config.checkpoint_every_minutes
+        if jax.process_count() > 1:  # every process must take the same decision: process 0's clock decides
+            from jax.experimental import multihost_utils
+            due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+        return due
 
     try:
+        # A checkpoint is written before its epoch is evaluated, so a failing evaluation loses no training;
+        # a run resumed at the end of an epoch whose evaluation is missing evaluates it first.
+        done_epochs = {entry["epoch"] for entry in meta["history"]}
+        if start_batch == 0 and start_epoch > 0 and evaluates(start_epoch - 1) and start_epoch not in done_epochs:
+            evaluate(start_epoch - 1)
         for epoch in range(start_epoch, config.num_epochs):
             for batch in pipeline.epoch_batches(epoch, start_batch):
                 state, metrics = trainer.train_step(state, batch)
@@ -320,38 +324,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
                 if step % config.log_every_steps == 0:
                     summary = pending.flush(last_checkpoint)
                     writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-                if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 \
-                        and step % steps_per_epoch:
+                if stop.requested:
+                    save(step)
+                    raise lifecycle.TrainingStopped(
+                        f"stopped by {stop.name} at step {step} of {total_steps} (epoch {epoch + 1}, batch "
+                        f"{step - epoch * steps_per_epoch} of {steps_per_epoch}); checkpoint saved in "
+                        f"{checkpointer.directory}. Run the same command again to resume.", stop.signum)
+                if step % steps_per_epoch and (
+                        (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
+                        or time_to_save()):
                     save(step)
             start_batch = 0
-            is_last = epoch + 1 == config.num_epochs
-            if (epoch + 1) % config.eval_every_epochs == 0 or is_last:
-                summary = pending.flush(last_checkpoint)
-                if summary:
-                    writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-                metrics = trainer.evaluate(state, input_pipeline.eval_batches(
-                    config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
-                    data_dir=config.data_dir, download=config.download))
-                entry = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train": pending.epoch_means(),
-                         "learning_rate": float(trainer.learning_rate(step - 1)),
-                         "ramp_weight": float(losses.rampup_weight(epoch, config.rampup_epochs)),
-                         "provenance": run_provenance}
-                meta["history"].append(entry)
-                if meta["best"] is None or metrics["top1/deployed"] > meta["best"]["metrics"]["top1/deployed"]:
-                    meta["best"] = entry
-                writer.write_scalars(step, {f"test/{k}": v for k, v in evaluation.scalar_metrics(metrics).items()})
-                logging.info("epoch %d/%d: test top-1 %s %.2f%%, peer ensemble %.2f%%, diversity %.4f",
-                             epoch + 1, config.num_epochs, metrics["deployed_head"], metrics["top1/deployed"],
-                             metrics["top1/peer_ensemble"], metrics["diversity"])
-                _write_json(os.path.join(workdir, "history.json"), meta["history"])
-            if (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last:
+            if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
                 save(step)
+            if evaluates(epoch):
+                evaluate(epoch)
         checkpointer.wait()
     finally:
         checkpointer.close()
         writer.flush()
 
     final = meta["history"][-1]
+    session_seconds = round(time.time() - started, 1)
     results = {
         "method": config.method,
         "dataset": config.dataset,
@@ -364,7 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
         "final": final,
         "best": dict(meta["best"], note="best epoch by the deployed head's test top-1; for reference only, "
                                         "the headline is 'final'"),
-        "train_seconds_this_session": round(time.time() - started, 1),
+        "train_seconds_this_session": session_seconds,
+        "train_seconds": round(seconds_before + session_seconds, 1),  # every session of this run, resumes included
         "provenance": run_provenance,
     }
     _write_json(os.path.join(workdir, "results.json"), results)

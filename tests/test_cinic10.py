@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import pathlib
+import shutil
 import socket
 import tarfile
 
@@ -195,3 +196,17 @@ def test_member_paths_are_read_with_or_without_a_leading_folder():
     assert locate("CINIC-10/test/ship/n1_2.png") == ("test", "ship")
     assert locate("imagenet-contributors.csv") is None and locate("train/cat/notes.txt") is None
     assert locate("train/x.png") is None and locate("extra/cat/x.png") is None
+
+
+def test_a_truncated_eval_file_names_the_files(prepared, tmp_path):
+    data_dir, _, _ = prepared
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    (record,) = copy.rglob("cinic10-test.tfrecord*")
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
+    input_pipeline._eval_split_cache.clear()  # the module keeps the last split read
+    with pytest.raises(input_pipeline.DatasetUnavailableError,
+                       match=rf"cinic10 split test in {copy}/\S+ cannot be read \(DataLossError: .*files: "
+                             rf"{record.name}.*delete .* and prepare it again"):
+        list(input_pipeline.eval_batches("cinic10", split="test", global_batch_size=6,
+                                         mesh=sharding.make_data_mesh(), data_dir=str(copy)))

@@ -111,11 +111,11 @@ def test_depthwise_conv_matches_a_grouped_convolution():
     (2, {"cpu_devices": 3}, 3), (1, {"cpu_devices": 4}, 4)])
 def test_cpu_device_count(monkeypatch, cores, overrides, expected):
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
-    assert train.auto_cpu_devices(_config(**overrides)) == expected
+    assert sharding.auto_cpu_devices(_config(**overrides)) == expected
 
 
 def test_an_explicit_host_device_count_is_left_alone():
     # The suite chose 2 devices in XLA_FLAGS (tests/conftest.py); the config must not override it.
-    assert train.HOST_DEVICE_COUNT_FLAG in os.environ["XLA_FLAGS"]
-    assert not train.configure_host_devices(_config(cpu_devices=1))
+    assert sharding.HOST_DEVICE_COUNT_FLAG in os.environ["XLA_FLAGS"]
+    assert not sharding.configure_host_devices(_config(cpu_devices=1))
     assert jax.device_count() == 2

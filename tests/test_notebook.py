@@ -20,7 +20,7 @@ def test_notebook_trains_and_plots(tmp_path, monkeypatch):
     params = {
         "CONFIG": "configs/test.py",
         # Real offline data (scikit-learn's digits), one epoch of the tiny ResNet-8.
-        "OVERRIDES": {"dataset": "digits", "num_epochs": 1, "download": True, "data_dir": str(tmp_path / "tfds")},
+        "OVERRIDES": {"dataset": "digits", "num_epochs": 1, "lr_boundaries_epochs": [], "download": True, "data_dir": str(tmp_path / "tfds")},
         "WORKDIR": str(workdir),
         "USE_DRIVE": False,
     }

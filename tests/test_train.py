@@ -214,6 +214,12 @@ def test_schema_matches_default_config():
     ({"lr_boundaries_epochs": (225, 150)}, r"config\.lr_boundaries_epochs.*strictly increasing"),
     ({"dataset": "mnist"}, r"config\.dataset='mnist': must be one of \['cifar10', 'cifar100', 'cinic10', 'digits'\]"),
     ({"method": "mbde", "num_branches": 2}, r"config\.num_branches: method 'mbde' needs at least 2 peers"),
+    ({"learning_rate": float("inf")}, r"config\.learning_rate=inf: must be a finite number"),
+    ({"temperature": float("nan")}, r"config\.temperature=nan: must be a finite number"),
+    ({"kd_weight": float("inf")}, r"config\.kd_weight=inf: must be a finite number"),
+    ({"num_epochs": 2, "lr_boundaries_epochs": (1, 3)},
+     r"config\.lr_boundaries_epochs=\(1, 3\): epoch\(s\) \[3\] lie past config\.num_epochs=2"),
+    ({"lr_boundaries_epochs": (0,)}, r"config\.lr_boundaries_epochs.*>= 1"),
 ])
 def test_bad_values_name_the_field(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -255,7 +261,7 @@ def test_different_config_on_resume_is_refused_unless_allowed(finished_run):
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    workdir, _ = _train(tmp_path, method="individual", num_epochs=1)
+    workdir, _ = _train(tmp_path, method="individual", num_epochs=1, lr_boundaries_epochs=())
     good = checkpoint.Checkpointer(workdir, read_only=True)
     assert good.latest_step() == STEPS_PER_EPOCH
     good.close()

@@ -4,7 +4,8 @@
 
 JSON fields: mode ('train' or 'losses'), workdir, metadata_dir, num_examples, overrides (config fields),
 kill_after_checkpoint_step (train mode: SIGKILL the process right after the checkpoint of that step is
-written), steps (losses mode). XLA_FLAGS must be set by the caller.
+written), signal_after_step and signals (train mode: send itself these signals, e.g. ["SIGTERM"], right after
+that train step), steps (losses mode). A run stopped by a signal exits as train.py does (128 + the signal). XLA_FLAGS must be set by the caller.
 """
 
 import json
@@ -22,7 +23,7 @@ def main(args: dict) -> None:
 
     logging.set_verbosity(logging.INFO)  # the tests read "resumed from step N"
 
-    from mbde_jax import checkpoint, config_utils, input_pipeline, sharding, train
+    from mbde_jax import checkpoint, config_utils, input_pipeline, lifecycle, sharding, train
 
     config = config_utils.load_sibling(str(ROOT / "configs" / "test.py"), "test").get_config()
     config.update_from_flattened_dict(args.get("overrides", {}))
@@ -40,7 +41,29 @@ def main(args: dict) -> None:
                         os.kill(os.getpid(), signal.SIGKILL)
 
                 checkpoint.Checkpointer.save = save_then_die
-            train.train_and_evaluate(config, args["workdir"])
+            signal_step = args.get("signal_after_step")
+            if signal_step is not None:
+                original_init = train.Trainer.__init__
+
+                def init_then_wrap(self, *init_args, **init_kwargs):
+                    original_init(self, *init_args, **init_kwargs)
+                    step_fn = self.train_step
+
+                    def step_then_signal(state, batch):
+                        new_state, metrics = step_fn(state, batch)
+                        if int(new_state.step) == signal_step:
+                            for name in args.get("signals", ["SIGTERM"]):
+                                os.kill(os.getpid(), getattr(signal, name))
+                        return new_state, metrics
+
+                    self.train_step = step_then_signal
+
+                train.Trainer.__init__ = init_then_wrap
+            try:
+                train.train_and_evaluate(config, args["workdir"])
+            except lifecycle.TrainingStopped as stopped:
+                print(stopped, file=sys.stderr)
+                sys.exit(stopped.exit_code)
         else:
             mesh = sharding.make_data_mesh()
             pipeline = input_pipeline.TrainPipeline(config.dataset, global_batch_size=config.batch_size,

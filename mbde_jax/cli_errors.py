@@ -1,0 +1,39 @@
+"""One line, not a traceback, for the errors a user causes and can fix, in every command-line tool.
+
+The message names the field, file or path and what to do; MBDE_DEBUG=1 shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+
+def _user_error_types() -> tuple[type, ...]:
+    # Imported when an error happens, not before: `--help` must not load TensorFlow or JAX.
+    from mbde_jax import checkpoint, input_pipeline, lifecycle, train_metrics
+    from mbde_jax.datasets import cinic10
+
+    return (ValueError, OSError, input_pipeline.DatasetUnavailableError, lifecycle.WorkdirLockedError,
+            checkpoint.CheckpointUnreadableError, train_metrics.NonFiniteLossError, cinic10.ArchiveError)
+
+
+def describe(error: BaseException) -> str:
+    """The error as one line; an OSError names its path and says that what was saved is intact."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return (f"{error.strerror}{where}. What was saved before is intact; fix the path, its permissions or "
+                f"the free space, then run the same command again.")
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+@contextlib.contextmanager
+def one_line_errors(tool: str) -> Iterator[None]:
+    """Turns a user error raised inside the block into `SystemExit('<tool>: error: <one line>')`."""
+    try:
+        yield
+    except Exception as error:
+        if os.environ.get("MBDE_DEBUG") or not isinstance(error, _user_error_types()):
+            raise
+        raise SystemExit(f"{tool}: error: {describe(error)} (MBDE_DEBUG=1 shows the traceback)") from None
