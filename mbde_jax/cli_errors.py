@@ -28,6 +28,26 @@ def describe(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def parse_flags_or_exit(tool: str, argv: list[str]) -> None:
+    """Parses the command line now, so that a misspelt `--config.<field>` is one line, not absl's traceback.
+
+    ml_collections reports an unknown field as an AttributeError (with its suggestion) from inside the parser.
+    """
+    from absl import app, flags
+
+    app.define_help_flags()  # --help and --helpfull answer as under app.run
+    try:
+        flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+        cause = error.args[0] if error.args else error
+        while isinstance(cause, KeyError) and cause.args:  # str(KeyError) quotes and escapes its message
+            cause = cause.args[0]
+        text = str(cause)
+        if isinstance(error, AttributeError):  # ml_collections: an unknown --config.<field>
+            text = f"no config field {text} (every field is in configs/default.py)"
+        raise SystemExit(f"{tool}: error: in the command line: {' '.join(text.split())}") from None
+
+
 @contextlib.contextmanager
 def one_line_errors(tool: str) -> Iterator[None]:
     """Turns a user error raised inside the block into `SystemExit('<tool>: error: <one line>')`."""

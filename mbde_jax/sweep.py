@@ -263,6 +263,9 @@ def _run_cli() -> None:
         if not dry_run_flag.value:
             print(f"all {len(runs)} runs finished; tables and plots: python -m mbde_jax.report {workdir_flag.value}")
 
+    from mbde_jax import cli_errors
+
+    cli_errors.parse_flags_or_exit("mbde_jax.sweep", sys.argv)
     app.run(main)
 
 

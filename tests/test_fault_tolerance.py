@@ -30,12 +30,24 @@ def _read(workdir, name):
     return json.loads(pathlib.Path(workdir, name).read_text())
 
 
-@pytest.mark.parametrize("signal_name, exit_code", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_a_signal_checkpoints_and_the_resumed_run_is_bit_identical(tmp_path, signal_name, exit_code):
-    common = dict(mode="train", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES,
-                  overrides={"method": "mbde", "checkpoint_every_minutes": 0})
-    straight = _run_subprocess(dict(common, workdir=str(tmp_path / "straight")), xla_devices=2)
+_SIGNAL_RUN = {"method": "mbde", "checkpoint_every_minutes": 0}
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> pathlib.Path:
+    """The folder of the uninterrupted run ('straight') that both signal tests compare against, and its mocked
+    data's metadata ('meta'): one subprocess for both tests."""
+    tmp_path = tmp_path_factory.mktemp("signals")
+    straight = _run_subprocess(dict(mode="train", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES,
+                                    overrides=_SIGNAL_RUN, workdir=str(tmp_path / "straight")), xla_devices=2)
     assert straight.returncode == 0, straight.stderr[-3000:]
+    return tmp_path
+
+
+@pytest.mark.parametrize("signal_name, exit_code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_checkpoints_and_the_resumed_run_is_bit_identical(straight_run, tmp_path, signal_name, exit_code):
+    common = dict(mode="train", metadata_dir=str(straight_run / "meta"), num_examples=NUM_EXAMPLES,
+                  overrides=_SIGNAL_RUN)
     stopped = _run_subprocess(dict(common, workdir=str(tmp_path / "stopped"), signal_after_step=11,
                                    signals=[signal_name]), xla_devices=2)
     assert stopped.returncode == exit_code, stopped.stderr[-3000:]
@@ -46,9 +58,10 @@ def test_a_signal_checkpoints_and_the_resumed_run_is_bit_identical(tmp_path, sig
     resumed = _run_subprocess(dict(common, workdir=str(tmp_path / "stopped")), xla_devices=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step 11" in resumed.stderr
-    assert _read(tmp_path / "straight", "history.json") == _read(tmp_path / "stopped", "history.json")
-    assert _read(tmp_path / "straight", "results.json")["final"] == _read(tmp_path / "stopped", "results.json")["final"]
-    _leaves_equal(str(tmp_path / "straight"), str(tmp_path / "stopped"))
+    straight = straight_run / "straight"
+    assert _read(straight, "history.json") == _read(tmp_path / "stopped", "history.json")
+    assert _read(straight, "results.json")["final"] == _read(tmp_path / "stopped", "results.json")["final"]
+    _leaves_equal(str(straight), str(tmp_path / "stopped"))
 
 
 def test_a_second_signal_stops_at_once(tmp_path):

@@ -242,7 +242,10 @@ def test_command_line_typo_is_refused_before_training(tmp_path):
         [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "test.py"),
          "--workdir", str(tmp_path / "w"), "--config.num_epoch=3"], capture_output=True, text=True, timeout=120)
     assert completed.returncode != 0
-    assert "num_epoch" in completed.stderr and 'Did you mean "num_epochs"' in completed.stderr
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1] == (
+        'train.py: error: in the command line: no config field \'num_epoch\' Did you mean "num_epochs" instead of '
+        '"num_epoch"? (every field is in configs/default.py)')
     assert not (tmp_path / "w").exists()
 
 
