@@ -53,5 +53,5 @@ def main(argv):
 if __name__ == "__main__":
     from mbde_jax import cli_errors
 
-    cli_errors.parse_flags_or_exit("train.py", sys.argv)
-    app.run(main)
+    remaining = cli_errors.parse_flags_or_exit("train.py", sys.argv)
+    app.run(main, flags_parser=lambda _: remaining)

@@ -28,16 +28,18 @@ def describe(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def parse_flags_or_exit(tool: str, argv: list[str]) -> None:
+def parse_flags_or_exit(tool: str, argv: list[str]) -> list[str]:
     """Parses the command line now, so that a misspelt `--config.<field>` is one line, not absl's traceback.
 
     ml_collections reports an unknown field as an AttributeError (with its suggestion) from inside the parser.
+    Returns the arguments left after the flags; pass them on with `app.run(main, flags_parser=lambda _: rest)`,
+    since parsing twice defines the --config.<field> override flags twice.
     """
     from absl import app, flags
 
     app.define_help_flags()  # --help and --helpfull answer as under app.run
     try:
-        flags.FLAGS(argv)
+        return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
         cause = error.args[0] if error.args else error
         while isinstance(cause, KeyError) and cause.args:  # str(KeyError) quotes and escapes its message

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import ml_collections
 from absl import logging
 
-from mbde_jax import config_validation, lifecycle, methods, sharding
+from mbde_jax import cli_errors, config_validation, lifecycle, methods, sharding
 
 # Fields in which a finished run's config.json may differ from the sweep's config and still be skipped as this
 # sweep's run: where the data was read from does not change what was trained.
@@ -247,12 +247,12 @@ def _run_cli() -> None:
         config = config_flag.value
         given = {name: flags.FLAGS[name].present for name in ("methods", "seeds")}
         try:
-            # A flag given empty (--methods=) is an empty list, refused by plan(); only an absent one defaults.
-            runs = run_sweep(config, methods_flag.value if given["methods"] else [config.method],
-                             _parse_seeds(seeds_flag.value) if given["seeds"] else [config.seed],
-                             workdir_flag.value, dry_run=dry_run_flag.value)
-        except ValueError as error:  # a bad sweep: say what is wrong without the flag listing of a UsageError
-            raise SystemExit(f"mbde_jax.sweep: {error}") from None
+            # A bad sweep is one line (cli_errors), without the flag listing of a UsageError.
+            with cli_errors.one_line_errors("mbde_jax.sweep"):
+                # A flag given empty (--methods=) is an empty list, refused by plan(); only an absent one defaults.
+                runs = run_sweep(config, methods_flag.value if given["methods"] else [config.method],
+                                 _parse_seeds(seeds_flag.value) if given["seeds"] else [config.seed],
+                                 workdir_flag.value, dry_run=dry_run_flag.value)
         except lifecycle.TrainingStopped as stopped:  # a signal stopped the run in progress after a checkpoint
             print(f"{stopped}\nThe sweep stopped there; run the same sweep command again to continue.",
                   file=sys.stderr)
@@ -263,10 +263,8 @@ def _run_cli() -> None:
         if not dry_run_flag.value:
             print(f"all {len(runs)} runs finished; tables and plots: python -m mbde_jax.report {workdir_flag.value}")
 
-    from mbde_jax import cli_errors
-
-    cli_errors.parse_flags_or_exit("mbde_jax.sweep", sys.argv)
-    app.run(main)
+    remaining = cli_errors.parse_flags_or_exit("mbde_jax.sweep", sys.argv)
+    app.run(main, flags_parser=lambda _: remaining)
 
 
 if __name__ == "__main__":

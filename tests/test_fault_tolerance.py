@@ -213,8 +213,9 @@ def test_an_empty_methods_list_is_refused(tmp_path):
                                 "--methods=", "--workdir", str(tmp_path / "sweep"), "--dry_run"],
                                capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert completed.returncode == 1
-    assert completed.stderr.strip().splitlines()[-1] == \
-        "mbde_jax.sweep: the sweep needs at least one method (--methods) and one seed (--seeds)"
+    assert completed.stderr.strip().splitlines()[-1] == (
+        "mbde_jax.sweep: error: the sweep needs at least one method (--methods) and one seed (--seeds) (MBDE_DEBUG=1 "
+        "shows the traceback)")
 
 
 _SWEEP = """
@@ -262,6 +263,11 @@ def test_a_resumed_sweep_run_keeps_the_device_split(tmp_path):
      "mbde_jax.export: error: {missing}/config.json does not exist"),
     (["-m", "mbde_jax.report", "{tmp}"], "mbde_jax.report: error: no run (a directory with config.json) under"),
     (["train.py", "--config", "configs/test.py", "--workdir", "{file}"], "train.py: error: --workdir {file}: cannot be used"),
+    # An override parsed once (a second parse would define the --config.<field> flags twice), then refused.
+    (["train.py", "--config", "configs/test.py", "--workdir", "{tmp}/w", "--config.learning_rate=inf"],
+     "train.py: error: config.learning_rate=inf: must be a finite number."),
+    (["-m", "mbde_jax.sweep", "--config", "configs/test.py", "--workdir", "{tmp}/s", "--config.num_epochs=1"],
+     "mbde_jax.sweep: error: config.lr_boundaries_epochs=(2,): epoch(s) [2] lie past config.num_epochs=1"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, command, first_words):
     names = {"missing": str(tmp_path / "missing"), "tmp": str(tmp_path), "file": str(tmp_path / "a_file")}
