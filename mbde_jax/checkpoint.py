@@ -113,9 +113,7 @@ class Checkpointer:
     def _read(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        if not isinstance(restored["meta"], dict) or "config" not in restored["meta"]:
-            raise ValueError("its metadata holds no config")
-        return restored["state"], restored["meta"]
+        return restored["state"], _checked_meta(restored["meta"])
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restores the checkpoint at `step`, shaped and sharded like `abstract_state`.
@@ -131,15 +129,20 @@ class Checkpointer:
     def restore_meta(self) -> dict:
         """The JSON metadata of the newest step whose metadata reads (cheap: no arrays are read)."""
         def read(step: int) -> dict:
-            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            if not isinstance(meta, dict) or "config" not in meta:
-                raise ValueError("its metadata holds no config")
-            return meta
+            restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            return _checked_meta(restored["meta"])
         return self._newest_readable(read)[1]
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _checked_meta(meta: Any) -> dict:
+    """`meta` if it is the JSON item this module writes; a ValueError (an unreadable step) otherwise."""
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise ValueError("its metadata holds no config")
+    return meta
 
 
 def abstract_like(tree: Any) -> Any:

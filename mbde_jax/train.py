@@ -201,7 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
         return _train_and_evaluate(config, workdir, allow_config_change, stop)
 
 
-def _restore_or_init(config, workdir, trainer, checkpointer, current_config, allow_config_change):
+def _restore_or_init(workdir, trainer, checkpointer, current_config, allow_config_change):
     """(state, meta) from the newest readable checkpoint, after checking its config; or a fresh state."""
     if checkpointer.latest_step() is None:
         return trainer.init_state(), {"config": current_config, "history": [], "best": None, "train_seconds": 0.0}
@@ -247,7 +247,7 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
 
     checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
-        state, meta = _restore_or_init(config, workdir, trainer, checkpointer, current_config, allow_config_change)
+        state, meta = _restore_or_init(workdir, trainer, checkpointer, current_config, allow_config_change)
     except BaseException:
         checkpointer.close()
         raise
