@@ -88,12 +88,13 @@ def get_config() -> config_dict.ConfigDict:
     # On a host without an accelerator, split the CPU into this many JAX devices (data parallel over the batch;
     # results as on one device, batch-norm statistics over the global batch). XLA:CPU runs most convolutions on
     # one core each, so two devices keep both cores of a 2-core machine busy (README, Performance).
-    # 0: auto (2 when the host has 2+ cores and both batch sizes are even, else 1). Takes effect only if JAX has
+    # 0: auto (2 when the host has 2+ cores and both batch sizes are even, else 1; in a multi-process run 1 per
+    # process, since processes sharing a host already use its cores). Takes effect only if JAX has
     # not started yet and XLA_FLAGS does not set --xla_force_host_platform_device_count.
     config.cpu_devices = 0
     # Keep the uint8 training set on the devices and crop, flip and normalise there, so that a small host
     # does not starve a GPU or TPU; the batches are bit-identical to the host pipeline's. Unset (None): on
-    # when the default backend is a GPU or TPU and there is one process; True/False force it.
+    # when the default backend is a GPU or TPU; True/False force it.
     config.input_on_device = config_dict.placeholder(bool)
 
     # --- Evaluation, checkpoints, logging --------------------------------------------------------

@@ -18,6 +18,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mbde_jax import distributed
+
 # Orbax writes a step into '<step>.orbax-checkpoint-tmp-<n>' and renames it when complete; a run killed mid-save
 # leaves that folder behind.
 TMP_PATTERN = "*.orbax-checkpoint-tmp*"
@@ -41,6 +43,7 @@ class Checkpointer:
         self._keep, self._read_only = keep, read_only
         if not read_only:
             self._remove_partial_saves()
+            distributed.barrier("mbde_checkpoint_cleanup")  # no process lists the folder while it is cleaned
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
@@ -61,31 +64,43 @@ class Checkpointer:
             shutil.rmtree(partial, ignore_errors=True)
             logging.warning("removed %s: a checkpoint save that did not complete", partial)
 
-    def _set_aside(self, step: int, error: BaseException) -> None:
-        """Moves an unreadable step out of the checkpoint directory (renamed, never deleted)."""
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
-        if self._read_only or jax.process_index() != 0:
+    def _set_aside(self, step: int, error: BaseException | None) -> None:
+        """Moves an unreadable step out of the checkpoint directory (renamed, never deleted); `error` is this
+        process's reason, None when the step read here but not on another process."""
+        reason = (f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+                  if error is not None else "unreadable on another process")
+        if self._read_only:
             logging.warning("checkpoint step %d in %s cannot be read (%s); trying the previous one", step,
                             self.directory, reason)
             return
-        os.makedirs(self.set_aside_directory, exist_ok=True)
-        target = os.path.join(self.set_aside_directory, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(os.path.join(self.directory, str(step)), target)
-        logging.warning("checkpoint step %d cannot be read (%s); moved it to %s and resuming from the previous "
-                        "one", step, reason, target)
+        if jax.process_index() == 0:
+            os.makedirs(self.set_aside_directory, exist_ok=True)
+            target = os.path.join(self.set_aside_directory, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(os.path.join(self.directory, str(step)), target)
+            logging.warning("checkpoint step %d cannot be read (%s); moved it to %s and resuming from the "
+                            "previous one", step, reason, target)
+        distributed.barrier(f"mbde_checkpoint_set_aside_{step}")  # every process then lists the folder anew
         self._manager.close()
         self._manager = self._open()
 
     def _newest_readable(self, read: Callable[[int], Any]) -> tuple[int, Any]:
-        """(step, read(step)) for the newest step `read` succeeds on, setting aside each one it fails on."""
+        """(step, read(step)) for the newest step `read` succeeds on, setting aside each one it fails on.
+
+        In a multi-process run a step counts as readable only when it reads on every process, so that all
+        of them resume from the same step.
+        """
         steps = sorted(self._manager.all_steps(), reverse=True)
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         for step in steps:
+            value, error = None, None
             try:
-                return step, read(step)
-            except Exception as error:  # orbax/tensorstore raise many types for damaged files
-                self._set_aside(step, error)
+                value = read(step)
+            except Exception as read_error:  # orbax/tensorstore raise many types for damaged files
+                error = read_error
+            if distributed.all_processes(error is None):
+                return step, value
+            self._set_aside(step, error)
         raise CheckpointUnreadableError(
             f"no checkpoint in {self.directory} can be read (steps {', '.join(map(str, steps))}"
             f"{'' if self._read_only else f' were moved to {self.set_aside_directory}'}); start a new run "

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import traceback
 from typing import Iterator
 
 
@@ -26,6 +28,23 @@ def describe(error: BaseException) -> str:
         return (f"{error.strerror}{where}. What was saved before is intact; fix the path, its permissions or "
                 f"the free space, then run the same command again.")
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def _exit_if_peer_failure(tool: str, error: Exception) -> None:
+    """In a multi-process run whose peer is gone: one line, then exit without JAX's shutdown.
+
+    A normal exit runs jax.distributed's shutdown, which waits at a barrier the dead process never reaches and
+    then aborts with a page of C++ log; os._exit skips it (the files this process wrote are closed already).
+    """
+    from mbde_jax import distributed
+
+    if not distributed.is_peer_failure(error):
+        return
+    if os.environ.get("MBDE_DEBUG"):
+        traceback.print_exc()
+    print(f"{tool}: error: {distributed.describe_peer_failure(error)}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(distributed.EXIT_PEER_LOST)
 
 
 def parse_flags_or_exit(tool: str, argv: list[str]) -> list[str]:
@@ -56,6 +75,7 @@ def one_line_errors(tool: str) -> Iterator[None]:
     try:
         yield
     except Exception as error:
+        _exit_if_peer_failure(tool, error)
         if os.environ.get("MBDE_DEBUG") or not isinstance(error, _user_error_types()):
             raise
         raise SystemExit(f"{tool}: error: {describe(error)} (MBDE_DEBUG=1 shows the traceback)") from None

@@ -1,10 +1,11 @@
 """Input pipelines: tensorflow-datasets -> tf.data -> global jax.Arrays sharded on the batch axis.
 
-Training (TrainPipeline): each process reads its own share of the training split(s)
-(tfds.split_for_jax_process) once into host memory as uint8. An epoch is then a pure function of
-(config seed, epoch): the example order and every example's augmentation come from a counter-based hash of
-(seed, epoch, process index, example position), so batch k of epoch e is the same whether the epoch ran from
-its start or was resumed at k (`epoch_batches(e, start_batch=k)`), on any machine and library version.
+Training (TrainPipeline): every process reads the training split(s) once into host memory as uint8 (CIFAR:
+150 MB; CINIC-10 train+validation: 553 MB) and builds only its own rows of each global batch (`process_rows`:
+the rows its devices hold). An epoch is a pure function of (config seed, epoch): the example order and every
+example's augmentation come from a counter-based hash of (seed, epoch, example position), so batch k of epoch
+e is the same whether the epoch ran from its start or was resumed at k (`epoch_batches(e, start_batch=k)`), on
+any machine, library version, number of devices or number of processes.
 Augmentation: 4-pixel zero pad, random 32x32 crop, horizontal flip with probability 1/2; then per-channel
 normalisation with the constants in mbde_jax/datasets/info.py. The last partial batch of every epoch is
 dropped: the train step is jitted on static shapes, and since each epoch reshuffles, every example is still
@@ -206,7 +207,7 @@ def prepare(dataset: str, *, data_dir: str | None = None, manual_dir: str | None
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Stateless randomness: splitmix64 keyed by (seed, epoch, process, stream), counted by example position.
+# Stateless randomness: splitmix64 keyed by (seed, epoch, stream), counted by example position.
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -233,10 +234,10 @@ def _uniform_int(bits: np.ndarray, shift: int, width: int, upper: int) -> np.nda
 
 @dataclasses.dataclass(frozen=True)
 class EpochPlan:
-    """Everything random about one epoch on one process, by position in the epoch.
+    """Everything random about one epoch, by position in the epoch (the same on every process).
 
     Attributes:
-        indices: int64 [n] the process-local example at each position (a permutation of range(n)).
+        indices: int64 [n] the example at each position (a permutation of range(n)).
         offset_y: int32 [n] top row of the crop window in the padded image, in [0, 2 * PAD].
         offset_x: int32 [n] left column of the crop window in the padded image, in [0, 2 * PAD].
         flip: bool [n] whether the crop is mirrored left-right.
@@ -248,10 +249,15 @@ class EpochPlan:
     flip: np.ndarray
 
 
-def make_epoch_plan(num_examples: int, *, seed: int, epoch: int, process_index: int = 0) -> EpochPlan:
-    """The order and augmentation of one epoch: a pure function of its arguments."""
-    order_bits = _random_bits(num_examples, seed, epoch, process_index, 0)
-    augment_bits = _random_bits(num_examples, seed, epoch, process_index, 1)
+# The third key word once was the process index (each process shuffled its own share); it stays 0 so that the
+# plans, and so single-process results, are those of earlier versions.
+_PLAN_KEY_WORD = 0
+
+
+def make_epoch_plan(num_examples: int, *, seed: int, epoch: int) -> EpochPlan:
+    """The order and augmentation of one epoch over the whole pool: a pure function of its arguments."""
+    order_bits = _random_bits(num_examples, seed, epoch, _PLAN_KEY_WORD, 0)
+    augment_bits = _random_bits(num_examples, seed, epoch, _PLAN_KEY_WORD, 1)
     return EpochPlan(
             indices=np.argsort(order_bits, kind="stable"),
             offset_y=_uniform_int(augment_bits, 0, 24, 2 * PAD + 1),
@@ -317,8 +323,9 @@ def _load_split(builder: tfds.core.DatasetBuilder, split, image_shape: tuple[int
             images.append(image_block)
             labels.append(label_block)
     except tf.errors.OpError as error:  # a truncated or corrupt tfrecord: name the files, not TF's graph node
-        name = str(getattr(split, "split", split)).split("[")[0]  # an even (per-process) split wraps the name
-        files = sorted(glob.glob(os.path.join(builder.data_dir, f"{builder.name}-{name}.*")))
+        name = str(split)
+        files = sorted(path for part in name.split("+")
+                       for path in glob.glob(os.path.join(builder.data_dir, f"{builder.name}-{part}.*")))
         message = re.sub(r"\{\{.*?\}\}\s*", "", error.message).splitlines()[0][:200]  # TF's graph node ids
         raise DatasetUnavailableError(
             f"{builder.name} split {name} in {builder.data_dir} cannot be read ({type(error).__name__}: "
@@ -347,9 +354,19 @@ def _load_eval_split(builder: tfds.core.DatasetBuilder, split, image_shape: tupl
     return _eval_split_cache[key]
 
 
-def _local_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh) -> int:
-    """This process's share of the global batch: one slice per local device."""
-    return global_batch_size // mesh.devices.size * len(mesh.local_devices)
+def process_rows(global_batch_size: int, mesh: jax.sharding.Mesh) -> slice:
+    """The rows of every global batch that this process's devices hold (and so this process builds).
+
+    Every process has the same number of devices and the mesh lists each process's devices together, so the
+    rows are one contiguous block; which block is decided by the mesh, not by the process index.
+    """
+    index_map = sharding.batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
+    starts = sorted({index[0].start or 0 for index in index_map.values()})
+    size = global_batch_size // mesh.devices.size
+    if starts != list(range(starts[0], starts[0] + size * len(starts), size)):
+        raise ValueError(f"this process's devices hold rows {starts} (each {size} long) of a batch, not one "
+                         f"contiguous block; build the mesh with sharding.make_data_mesh().")
+    return slice(starts[0], starts[0] + size * len(starts))
 
 
 def _device_batches(local_batches: Iterator[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
@@ -381,18 +398,17 @@ class TrainPipeline:
         dataset: config name of the dataset.
         train_splits: the tfds split expression read (e.g. 'train', 'train+validation').
         global_batch_size: examples per step over all devices.
-        num_examples: training examples in the pool, over all processes (a few can be left out when the split
-            does not divide over the processes).
+        num_examples: training examples in the pool (every process holds all of them).
         steps_per_epoch: full batches per epoch; the last partial batch is dropped (static shapes under jit; the
             reshuffle each epoch means every example is still used).
-        images: uint8 [n, H, W, C] this process's training images, in the fixed order plans index into.
+        images: uint8 [n, H, W, C] the training images, in the fixed order plans index into.
         labels: int32 [n] their labels.
     """
 
     def __init__(self, dataset: str, *, global_batch_size: int, seed: int, mesh: jax.sharding.Mesh,
                  data_dir: str | None = None, train_splits: str | None = None, manual_dir: str | None = None,
                  download: bool = True):
-        """Reads this process's share of the training data into memory (preparing the dataset if needed).
+        """Reads the training data into memory (preparing the dataset if needed).
 
         Args:
             dataset: config name (cifar10, cifar100, cinic10, digits).
@@ -417,14 +433,12 @@ class TrainPipeline:
         self.global_batch_size = global_batch_size
         self.mesh = mesh
         self._seed = seed
-        self._process_index = jax.process_index()
-        self._local_batch_size = _local_batch_size(global_batch_size, mesh)
-        # drop_remainder: every process must hold the same number of examples, hence of steps.
-        local_split = tfds.split_for_jax_process(train_splits, drop_remainder=True)
-        self._images_tf, self._labels_tf = _load_split(builder, local_split, info.image_shape)
-        self._local_examples = int(self._labels_tf.shape[0])
-        self.num_examples = self._local_examples * jax.process_count()
-        self.steps_per_epoch = self._local_examples // self._local_batch_size
+        self._rows = process_rows(global_batch_size, mesh)
+        # Every process holds the whole pool and builds its rows of each global batch, so a batch (and with it
+        # every result) is the same for any number of processes and devices.
+        self._images_tf, self._labels_tf = _load_split(builder, train_splits, info.image_shape)
+        self.num_examples = int(self._labels_tf.shape[0])
+        self.steps_per_epoch = self.num_examples // global_batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"config.batch_size={global_batch_size} is larger than the {self.num_examples} training "
                              f"examples of {dataset} ({train_splits}); lower config.batch_size.")
@@ -440,8 +454,8 @@ class TrainPipeline:
         return np.asarray(self._labels_tf)
 
     def epoch_plan(self, epoch: int) -> EpochPlan:
-        """Order and augmentation of `epoch` on this process (see make_epoch_plan)."""
-        return make_epoch_plan(self._local_examples, seed=self._seed, epoch=epoch, process_index=self._process_index)
+        """Order and augmentation of `epoch` over the whole pool (see make_epoch_plan); the same on every process."""
+        return make_epoch_plan(self.num_examples, seed=self._seed, epoch=epoch)
 
     def position(self, step: int) -> tuple[int, int]:
         """(epoch, start_batch) at which training resumes after `step` completed train steps."""
@@ -467,10 +481,11 @@ class TrainPipeline:
         if not 0 <= start_batch <= self.steps_per_epoch:
             raise ValueError(f"start_batch={start_batch} is outside [0, {self.steps_per_epoch}] (steps per epoch).")
         plan = self.epoch_plan(epoch)
-        window = slice(start_batch * self._local_batch_size, self.steps_per_epoch * self._local_batch_size)
-        ds = tf.data.Dataset.from_tensor_slices((plan.indices[window], plan.offset_y[window],
-                                                 plan.offset_x[window], plan.flip[window]))
-        ds = ds.batch(self._local_batch_size, drop_remainder=True)
+        batch_starts = np.arange(start_batch, self.steps_per_epoch) * self.global_batch_size
+        positions = (batch_starts[:, None] + np.arange(self._rows.start, self._rows.stop)[None, :]).reshape(-1)
+        ds = tf.data.Dataset.from_tensor_slices((plan.indices[positions], plan.offset_y[positions],
+                                                 plan.offset_x[positions], plan.flip[positions]))
+        ds = ds.batch(self._rows.stop - self._rows.start, drop_remainder=True)
         ds = ds.map(_plain_graph(self._make_batch), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.with_options(_tf_data_options()).prefetch(2)
         return _device_batches(ds.as_numpy_iterator(), self.mesh, self.global_batch_size)
@@ -515,6 +530,11 @@ def augment_on_device(images: jax.Array, labels: jax.Array, indices: jax.Array, 
     return {"image": table[windows.astype(jnp.int32), jnp.arange(channels)], "label": labels[indices]}
 
 
+def _global_array(value: np.ndarray, array_sharding: jax.sharding.Sharding) -> jax.Array:
+    """A global jax.Array from a host array that every process holds whole; each process fills its own devices."""
+    return jax.make_array_from_callback(value.shape, array_sharding, lambda index: value[index])
+
+
 class DeviceTrainPipeline(TrainPipeline):
     """TrainPipeline whose uint8 training set stays on the devices (config.input_on_device).
 
@@ -522,17 +542,16 @@ class DeviceTrainPipeline(TrainPipeline):
     then gathered, cropped, mirrored and normalised there by one jitted call per step, from the same EpochPlan
     as the host pipeline, so the batches are the same bit for bit and keep every guarantee: a pure
     function of (seed, epoch), resumable at any batch. The host only slices the plan (4 x B integers per
-    step), so a 2-core host cannot starve a GPU or TPU. One process only: a multi-host job uses TrainPipeline.
+    step), so a 2-core host cannot starve a GPU or TPU. In a multi-process run every process holds the same
+    pool and plan, and each fills only its own devices.
     """
 
     def __init__(self, dataset: str, *, global_batch_size: int, seed: int, mesh: jax.sharding.Mesh, **kwargs):
-        if jax.process_count() > 1:
-            raise ValueError("config.input_on_device=True supports one process only; leave it unset (auto) or "
-                             "False in a multi-host run.")
         super().__init__(dataset, global_batch_size=global_batch_size, seed=seed, mesh=mesh, **kwargs)
         replicated = sharding.replicated_sharding(mesh)
         self._batched = sharding.batch_sharding(mesh)
-        self._device_data = jax.device_put((self.images, self.labels, normalization_table(dataset)), replicated)
+        self._device_data = tuple(_global_array(value, replicated)
+                                  for value in (self.images, self.labels, normalization_table(dataset)))
         self._augment = jax.jit(augment_on_device, out_shardings=self._batched)
 
     def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, jax.Array]]:
@@ -548,7 +567,7 @@ class DeviceTrainPipeline(TrainPipeline):
             for k in range(start_batch, self.steps_per_epoch):
                 window = slice(k * batch_size, (k + 1) * batch_size)
                 # Each device receives its share of the plan and gathers its own examples.
-                parts = jax.device_put(tuple(column[window] for column in columns), self._batched)
+                parts = tuple(_global_array(column[window], self._batched) for column in columns)
                 yield self._augment(images, labels, *parts, table)
 
         return batches()
@@ -556,10 +575,10 @@ class DeviceTrainPipeline(TrainPipeline):
 
 def make_train_pipeline(config, mesh: jax.sharding.Mesh) -> TrainPipeline:
     """The training pipeline `config` asks for: on the devices when config.input_on_device is True, or when it
-    is unset (auto) and the default backend is a GPU or TPU in a single-process run; on the host otherwise."""
+    is unset (auto) and the default backend is a GPU or TPU; on the host otherwise."""
     on_device = config.input_on_device
     if on_device is None:
-        on_device = jax.default_backend() != "cpu" and jax.process_count() == 1
+        on_device = jax.default_backend() != "cpu"
     pipeline_cls = DeviceTrainPipeline if on_device else TrainPipeline
     return pipeline_cls(
             config.dataset, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh,
@@ -598,18 +617,14 @@ def eval_batches(dataset: str, *, split: str | None = None, global_batch_size: i
     sharding.check_batch_divisible(global_batch_size, mesh, field="config.eval_batch_size")
     split = split or info.eval_split
     builder = prepare(dataset, data_dir=data_dir, manual_dir=manual_dir, download=download)
-    # Without drop_remainder processes may differ by one example; every process still runs the same number of
-    # batches, sized by the largest share.
-    images_tf, labels_tf = _load_eval_split(builder, tfds.split_for_jax_process(split), info.image_shape)
-    num_local = int(labels_tf.shape[0])
-    if jax.process_count() == 1:
-        largest_share = num_local
-    else:
-        largest_share = math.ceil(builder.info.splits[split].num_examples / jax.process_count())
-    local_batch_size = _local_batch_size(global_batch_size, mesh)
-    num_batches = math.ceil(largest_share / local_batch_size)
-    positions = np.arange(num_batches * local_batch_size)
-    is_real = positions < num_local
+    # As for training: every process reads the split and builds its rows of each global batch, so batch k holds
+    # examples k * B .. (k + 1) * B - 1 whatever the number of processes.
+    images_tf, labels_tf = _load_eval_split(builder, split, info.image_shape)
+    num_examples = int(labels_tf.shape[0])
+    rows = process_rows(global_batch_size, mesh)
+    batch_starts = np.arange(math.ceil(num_examples / global_batch_size)) * global_batch_size
+    positions = (batch_starts[:, None] + np.arange(rows.start, rows.stop)[None, :]).reshape(-1)
+    is_real = positions < num_examples
     indices = np.where(is_real, positions, 0)
     normalize = _normalizer(dataset)
 
@@ -618,7 +633,7 @@ def eval_batches(dataset: str, *, split: str | None = None, global_batch_size: i
                 "label": tf.gather(labels_tf, batch_indices) * tf.cast(mask, tf.int32),
                 "mask": tf.cast(mask, tf.float32)}
 
-    ds = tf.data.Dataset.from_tensor_slices((indices, is_real)).batch(local_batch_size)
+    ds = tf.data.Dataset.from_tensor_slices((indices, is_real)).batch(rows.stop - rows.start)
     ds = ds.map(_plain_graph(make_batch), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.with_options(_tf_data_options()).prefetch(2)
     return _device_batches(ds.as_numpy_iterator(), mesh, global_batch_size)

@@ -78,15 +78,17 @@ def configure_host_devices(config: ml_collections.ConfigDict) -> bool:
 
     Only the CPU backend is affected, so this is harmless where a GPU or TPU is the default backend. Nothing
     is changed (and False returned) when JAX has already started, when XLA_FLAGS sets
-    --xla_force_host_platform_device_count (the caller chose, as the tests do), when jax_num_cpu_devices was
-    set explicitly, or in a multi-process run.
+    --xla_force_host_platform_device_count (the caller chose, as the tests do), or when jax_num_cpu_devices was
+    set explicitly. In a multi-process run each process gets config.cpu_devices, or 1 for auto: processes that
+    share a host already use its cores.
     """
     if HOST_DEVICE_COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
         return False
-    if jax.config.jax_num_cpu_devices >= 0 or jax.distributed.is_initialized():
+    if jax.config.jax_num_cpu_devices >= 0:
         return False
+    count = (config.cpu_devices or 1) if jax.distributed.is_initialized() else auto_cpu_devices(config)
     try:
-        jax.config.update("jax_num_cpu_devices", auto_cpu_devices(config))
+        jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # backends already initialised: keep whatever devices exist
         return False
     return True

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import ml_collections
 from absl import logging
 
-from mbde_jax import cli_errors, config_validation, lifecycle, methods, sharding
+from mbde_jax import cli_errors, config_validation, distributed, lifecycle, methods, sharding
 
 # Fields in which a finished run's config.json may differ from the sweep's config and still be skipped as this
 # sweep's run: where the data was read from does not change what was trained.
@@ -207,6 +207,8 @@ def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], se
             run.outcome = "stopped"
             raise
         except Exception as error:  # one diverged or broken run must not lose the rest of a long sweep
+            if distributed.is_peer_failure(error):  # but without its other processes no run can go on
+                raise
             logging.error("sweep run %s seed %d failed:\n%s", run.method, run.seed, traceback.format_exc())
             run.outcome = f"failed: {type(error).__name__}: {error}"
         else:
@@ -236,6 +238,7 @@ def _run_cli() -> None:
     seeds_flag = flags.DEFINE_list("seeds", None, "Seeds to run, comma separated (default: config.seed).")
     workdir_flag = flags.DEFINE_string("workdir", None, "Root of the sweep: run M, seed S goes to <workdir>/M/seed_S.")
     dry_run_flag = flags.DEFINE_bool("dry_run", False, "Only check the sweep and print what it would do.")
+    launch = distributed.define_flags()  # every process of a multi-process sweep runs the same command
     flags.mark_flags_as_required(["config", "workdir"])
 
     def main(argv):
@@ -249,6 +252,7 @@ def _run_cli() -> None:
         try:
             # A bad sweep is one line (cli_errors), without the flag listing of a UsageError.
             with cli_errors.one_line_errors("mbde_jax.sweep"):
+                distributed.initialize(launch())
                 # A flag given empty (--methods=) is an empty list, refused by plan(); only an absent one defaults.
                 runs = run_sweep(config, methods_flag.value if given["methods"] else [config.method],
                                  _parse_seeds(seeds_flag.value) if given["seeds"] else [config.seed],

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import time
 from typing import Any, Callable, Iterator
 
@@ -23,8 +24,8 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from mbde_jax import (checkpoint, config_validation, evaluation, input_pipeline, lifecycle, logs, losses, methods,
-                      optim, provenance, sharding, train_metrics)
+from mbde_jax import (checkpoint, config_validation, distributed, evaluation, input_pipeline, lifecycle, logs,
+                      losses, methods, optim, provenance, sharding, train_metrics)
 from mbde_jax.datasets import info as dataset_info
 from mbde_jax.model import OnlineKDModel
 
@@ -168,7 +169,7 @@ STATE_SHAPING_FIELDS = ("dataset", "arch", "num_branches", "method", "shared_tru
 def _prepare_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test.{jax.process_index()}")  # processes may share the workdir
         with open(probe, "w"):
             pass
         os.remove(probe)
@@ -236,6 +237,9 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
         sharding.check_batch_divisible(config.eval_batch_size, mesh, field="config.eval_batch_size")
     except ValueError as error:
         raise config_validation.ConfigError(str(error)) from None
+    per_device = config.batch_size // mesh.devices.size
+    logging.info("global batch %d = %d process(es) x %d device(s) x %d per device", config.batch_size,
+                 jax.process_count(), len(mesh.local_devices), per_device)
     run_provenance = provenance.collect()
     logging.info("made with: %s", provenance.format_provenance(run_provenance))
 
@@ -309,6 +313,19 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
             due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
         return due
 
+    def stop_signal() -> tuple[int, str] | None:
+        """(signal, who received it) when the run stops after this step, the same on every process; else None."""
+        if jax.process_count() == 1:
+            return (stop.signum, "") if stop.requested else None
+        # Processes agree at log steps only: a collective every step would keep the host from running ahead.
+        if step % config.log_every_steps:
+            return None
+        received = distributed.gather_ints(stop.signum or 0)
+        receivers = [index for index, signum in enumerate(received) if signum]
+        if not receivers:
+            return None
+        return received[receivers[0]], f" (received by process {', '.join(map(str, receivers))})"
+
     try:
         # A checkpoint is written before its epoch is evaluated, so a failing evaluation loses no training;
         # a run resumed at the end of an epoch whose evaluation is missing evaluates it first.
@@ -324,12 +341,14 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
                 if step % config.log_every_steps == 0:
                     summary = pending.flush(last_checkpoint)
                     writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-                if stop.requested:
+                stopping = stop_signal()
+                if stopping:
+                    signum, by = stopping
                     save(step)
                     raise lifecycle.TrainingStopped(
-                        f"stopped by {stop.name} at step {step} of {total_steps} (epoch {epoch + 1}, batch "
-                        f"{step - epoch * steps_per_epoch} of {steps_per_epoch}); checkpoint saved in "
-                        f"{checkpointer.directory}. Run the same command again to resume.", stop.signum)
+                        f"stopped by {signal.Signals(signum).name}{by} at step {step} of {total_steps} (epoch "
+                        f"{epoch + 1}, batch {step - epoch * steps_per_epoch} of {steps_per_epoch}); checkpoint "
+                        f"saved in {checkpointer.directory}. Run the same command again to resume.", signum)
                 if step % steps_per_epoch and (
                         (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
                         or time_to_save()):

@@ -5,7 +5,9 @@
 JSON fields: mode ('train' or 'losses'), workdir, metadata_dir, num_examples, overrides (config fields),
 kill_after_checkpoint_step (train mode: SIGKILL the process right after the checkpoint of that step is
 written), signal_after_step and signals (train mode: send itself these signals, e.g. ["SIGTERM"], right after
-that train step), steps (losses mode). A run stopped by a signal exits as train.py does (128 + the signal). XLA_FLAGS must be set by the caller.
+that train step; "SIGKILL" kills it), steps (losses mode), distributed (keyword arguments of
+mbde_jax.distributed.settings_from: join a multi-process run). Errors and signals end the process as they end
+train.py (one line; 128 + the signal). XLA_FLAGS must be set by the caller.
 """
 
 import json
@@ -20,6 +22,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def main(args: dict) -> None:
     import jax
     from absl import logging
+
+    from mbde_jax import cli_errors, distributed
+
+    if args.get("distributed"):  # as train.py's --coordinator_address, --num_processes, --process_id, ...
+        distributed.initialize(distributed.settings_from(**args["distributed"]))
 
     logging.set_verbosity(logging.INFO)  # the tests read "resumed from step N"
 
@@ -60,7 +67,8 @@ def main(args: dict) -> None:
 
                 train.Trainer.__init__ = init_then_wrap
             try:
-                train.train_and_evaluate(config, args["workdir"])
+                with cli_errors.one_line_errors("train.py"):
+                    train.train_and_evaluate(config, args["workdir"])
             except lifecycle.TrainingStopped as stopped:
                 print(stopped, file=sys.stderr)
                 sys.exit(stopped.exit_code)
