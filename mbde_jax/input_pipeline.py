@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mbde_jax import sharding
+from mbde_jax import distributed, sharding
 from mbde_jax.datasets import info as dataset_info
 from mbde_jax.datasets import register_builders
 
@@ -187,8 +187,29 @@ def prepare(dataset: str, *, data_dir: str | None = None, manual_dir: str | None
     data_dir = resolve_data_dir(data_dir)
     manual_dir = os.path.abspath(os.path.expanduser(manual_dir)) if manual_dir else default_manual_dir(data_dir)
     builder = tfds.builder(info.tfds_name, data_dir=data_dir)
+    if not distributed.is_multi_process():
+        return _prepare_here(dataset, builder, data_dir, manual_dir, download)
+    if distributed.all_processes(_is_prepared(builder)):
+        return builder
+    # Process 0 prepares first; the others then find it prepared on a shared disk, or prepare their own copy on
+    # a host's local disk, without two processes writing one folder at once.
+    if jax.process_index() == 0:
+        _prepare_here(dataset, builder, data_dir, manual_dir, download)
+    distributed.barrier(f"mbde_prepare_{dataset}")
+    if jax.process_index() != 0:
+        _prepare_here(dataset, builder, data_dir, manual_dir, download)
+    return builder
+
+
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
     # Checking for the metadata file first spares the user tfds's warning about an incomplete folder.
-    if (builder.data_path / "dataset_info.json").exists() and builder.is_prepared():
+    return (builder.data_path / "dataset_info.json").exists() and builder.is_prepared()
+
+
+def _prepare_here(dataset: str, builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: str,
+                  download: bool) -> tfds.core.DatasetBuilder:
+    """Prepares `builder` in this process unless it is prepared already; returns it."""
+    if _is_prepared(builder):
         return builder
     url = DOWNLOAD_URLS.get(dataset)
     if dataset == "cinic10":

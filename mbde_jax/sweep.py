@@ -8,7 +8,8 @@ history.json, results.json, checkpoints/, TensorBoard events), so `python -m mbd
 every run of the sweep.
 
 Each run is `mbde_jax.train.train_and_evaluate` on a copy of the config with `method` and `seed` replaced, in
-this process, on every device it sees. Starting the same sweep again:
+this process, on every device it sees; in a multi-process run (the launch flags of train.py: every process runs
+the same sweep command) each run spans every process. Starting the same sweep again:
   * skips a finished run: results.json reports the config's last epoch and config.json equals the config;
   * resumes a stopped run from its latest checkpoint (train_and_evaluate resumes by itself);
   * starts a run that has no checkpoint yet.
