@@ -19,7 +19,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
@@ -308,10 +307,8 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
         if not config.checkpoint_every_minutes or step % config.log_every_steps:
             return False
         due = time.monotonic() - last_save_time >= 60.0 * config.checkpoint_every_minutes
-        if jax.process_count() > 1:  # every process must take the same decision: process 0's clock decides
-            from jax.experimental import multihost_utils
-            due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
-        return due
+        # Every process must take the same decision: process 0's clock decides.
+        return bool(distributed.gather_ints(int(due))[0])
 
     def stop_signal() -> tuple[int, str] | None:
         """(signal, who received it) when the run stops after this step, the same on every process; else None."""
