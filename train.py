@@ -31,9 +31,9 @@ def main(argv):
         # What the user must change is in the message; a traceback would only bury it (MBDE_DEBUG=1 shows it).
         with cli_errors.one_line_errors("train.py"):
             distributed.initialize(_LAUNCH())  # before anything starts JAX's backends
-            from mbde_jax import train  # after flag parsing, so --help is fast
+            from mbde_jax import training  # after flag parsing, so --help is fast
 
-            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+            training.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                      allow_config_change=_ALLOW_CONFIG_CHANGE.value)
     except lifecycle.TrainingStopped as stopped:
         print(stopped, file=sys.stderr)

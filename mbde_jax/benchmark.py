@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from mbde_jax.datasets import info as dataset_info
+from mbde_jax.data import info as dataset_info
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def _persistent_cache_hits():
 def _setup(args: argparse.Namespace):
     """Config, devices (split before JAX starts), mesh and a Trainer for the config."""
     config = load_config(args.config, args.overrides)
-    from mbde_jax import config_validation, logs, sharding, train  # pylint: disable=import-outside-toplevel
+    from mbde_jax import config_validation, logs, sharding, training  # pylint: disable=import-outside-toplevel
 
     config_validation.validate(config)
     sharding.configure_host_devices(config)
@@ -230,7 +230,7 @@ def _setup(args: argparse.Namespace):
     mesh = sharding.make_data_mesh()
     # Steps per epoch only shape the schedules inside the step, not its cost: CIFAR's 50,000 examples.
     steps_per_epoch = max(1, 50_000 // config.batch_size)
-    return config, mesh, train.Trainer(config, mesh, steps_per_epoch)
+    return config, mesh, training.Trainer(config, mesh, steps_per_epoch)
 
 
 def _synthetic_batch(config, batch_size: int, mesh, seed: int, with_mask: bool):
@@ -259,7 +259,7 @@ def _step_command(args: argparse.Namespace) -> dict:
     batch_size = config.batch_size if training else config.eval_batch_size
     state = trainer.init_state()
     batch = _synthetic_batch(config, batch_size, mesh, args.seed, with_mask=not training)
-    step = trainer.train_step if training else trainer.eval_step
+    step = training.train_step if training else training.eval_step
     with _persistent_cache_hits() as cache_hits:
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()

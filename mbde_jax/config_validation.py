@@ -13,7 +13,7 @@ from typing import Any, Callable
 import ml_collections
 
 from mbde_jax import losses, methods
-from mbde_jax.datasets import info as dataset_info
+from mbde_jax.data import info as dataset_info
 from mbde_jax.models import BACKBONES
 
 Check = Callable[[Any], str | None]  # returns what is wrong, or None

@@ -21,8 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from mbde_jax import cli_errors, evaluation, logs, workdir as workdir_lib
-from mbde_jax.datasets import info as dataset_info
+from mbde_jax import cli_errors, eval_metrics, logs, workdir as workdir_lib
+from mbde_jax.data import info as dataset_info
 from mbde_jax.models import MultiBranchNet
 
 SPEC_FILE = "model.json"
@@ -50,7 +50,7 @@ def export_deployed(workdir: str, out_dir: str, step: int | None = None) -> dict
     """Writes <out_dir>/model.json (what the model is) and <out_dir>/variables (orbax). Returns the spec."""
     trainer, state, meta = workdir_lib.restore_latest(workdir, step=step)
     config = trainer.config
-    branch = evaluation.deployed_branch(trainer.method, trainer.num_branches)
+    branch = eval_metrics.deployed_branch(trainer.method, trainer.num_branches)
     variables = deployed_variables({"params": state.params, "batch_stats": state.batch_stats}, branch)
     info = dataset_info.get_dataset_info(config.dataset)
     last_eval = meta["history"][-1]["metrics"] if meta.get("history") else {}
@@ -64,7 +64,7 @@ def export_deployed(workdir: str, out_dir: str, step: int | None = None) -> dict
         "mean": list(info.mean),
         "std": list(info.std),
         "method": config.method,
-        "deployed_head": evaluation.head_names(trainer.method, trainer.num_branches)[branch],
+        "deployed_head": eval_metrics.head_names(trainer.method, trainer.num_branches)[branch],
         "source_workdir": os.path.abspath(workdir),
         "source_step": int(state.step),
         "test_top1_at_source_step": last_eval.get("top1/deployed"),

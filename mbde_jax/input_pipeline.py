@@ -7,7 +7,7 @@ example's augmentation come from a counter-based hash of (seed, epoch, example p
 e is the same whether the epoch ran from its start or was resumed at k (`epoch_batches(e, start_batch=k)`), on
 any machine, library version, number of devices or number of processes.
 Augmentation: 4-pixel zero pad, random 32x32 crop, horizontal flip with probability 1/2; then per-channel
-normalisation with the constants in mbde_jax/datasets/info.py. The last partial batch of every epoch is
+normalisation with the constants in mbde_jax/data/info.py. The last partial batch of every epoch is
 dropped: the train step is jitted on static shapes, and since each epoch reshuffles, every example is still
 seen, just not in every epoch.
 
@@ -49,8 +49,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mbde_jax import distributed, sharding
-from mbde_jax.datasets import info as dataset_info
-from mbde_jax.datasets import register_builders
+from mbde_jax.data import info as dataset_info
+from mbde_jax.data import register_builders
 
 TF_THREADS = max(1, int(os.environ.get("MBDE_TF_THREADS", (os.cpu_count() or 2) // 2)))
 
@@ -59,7 +59,7 @@ PAD = 4
 # Seconds to wait for a download host before declaring it unreachable.
 PROBE_TIMEOUT_S = 5.0
 # Where the tfds catalog builders download from; the host of the URL is what `prepare` probes. CINIC-10's
-# comes from mbde_jax.datasets.cinic10.ARCHIVE; 'digits' is inside scikit-learn. Tests point these at a closed
+# comes from mbde_jax.data.cinic10.ARCHIVE; 'digits' is inside scikit-learn. Tests point these at a closed
 # local port.
 DOWNLOAD_URLS: dict[str, str] = {
         "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
@@ -150,7 +150,7 @@ def _unavailable_message(dataset: str, builder: tfds.core.DatasetBuilder, data_d
     lines = [f"Dataset '{dataset}' is not prepared in the data directory {data_dir} "
              f"(searched {builder.data_dir}), and it cannot be downloaded: {reason}."]
     if dataset == "cinic10":
-        from mbde_jax.datasets import cinic10  # pylint: disable=import-outside-toplevel
+        from mbde_jax.data import cinic10  # pylint: disable=import-outside-toplevel
         archive = cinic10.ARCHIVE
         lines += [f"Its archive is not in the manual directory either ({os.path.join(manual_dir, archive.filename)}).",
                   "To fix it: download the archive on any machine with network access,",
@@ -180,7 +180,7 @@ def prepare(dataset: str, *, data_dir: str | None = None, manual_dir: str | None
         ValueError: unknown dataset name (the message lists the valid ones).
         DatasetUnavailableError: not prepared and its download host does not answer within PROBE_TIMEOUT_S
             (or download=False); the message says what to do.
-        mbde_jax.datasets.cinic10.ArchiveError: the CINIC-10 archive is truncated, corrupted or not the release.
+        mbde_jax.data.cinic10.ArchiveError: the CINIC-10 archive is truncated, corrupted or not the release.
     """
     info = dataset_info.get_dataset_info(dataset)
     register_builders()
@@ -213,7 +213,7 @@ def _prepare_here(dataset: str, builder: tfds.core.DatasetBuilder, data_dir: str
         return builder
     url = DOWNLOAD_URLS.get(dataset)
     if dataset == "cinic10":
-        from mbde_jax.datasets import cinic10  # pylint: disable=import-outside-toplevel
+        from mbde_jax.data import cinic10  # pylint: disable=import-outside-toplevel
         # No network needed when the archive is in the manual directory.
         url = None if os.path.exists(os.path.join(manual_dir, cinic10.ARCHIVE.filename)) else cinic10.ARCHIVE.url
     if url is not None:

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from mbde_jax import losses
-from mbde_jax.datasets import info as dataset_info
-from mbde_jax.model import ModelOutput, OnlineKDModel, classifier_kernels
+from mbde_jax.data import info as dataset_info
+from mbde_jax.models.online_kd import ModelOutput, OnlineKDModel, classifier_kernels
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 

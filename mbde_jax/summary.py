@@ -16,8 +16,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mbde_jax import cli_errors, methods
-from mbde_jax.datasets import info as dataset_info
-from mbde_jax.model import OnlineKDModel
+from mbde_jax.data import info as dataset_info
+from mbde_jax.models.online_kd import OnlineKDModel
 
 
 @dataclasses.dataclass(frozen=True)

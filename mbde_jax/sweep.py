@@ -193,9 +193,9 @@ def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], se
     if dry_run:
         return runs
     if train_fn is None:
-        from mbde_jax import train  # TensorFlow, tfds and orbax: imported only when something is trained
+        from mbde_jax import training  # TensorFlow, tfds and orbax: imported only when something is trained
 
-        train_fn = train.train_and_evaluate
+        train_fn = training.train_and_evaluate
     for index, run in enumerate(runs, 1):
         if run.status == STATUS_FINISHED:
             run.outcome = "skipped"

@@ -8,7 +8,7 @@ import os
 import jax
 import ml_collections
 
-from mbde_jax import checkpoint, sharding, train
+from mbde_jax import checkpoint, sharding, training
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -23,12 +23,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def restore_latest(workdir: str, mesh: jax.sharding.Mesh | None = None, step: int | None = None
-                   ) -> tuple[train.Trainer, train.TrainState, dict]:
+                   ) -> tuple[training.Trainer, training.TrainState, dict]:
     """The Trainer of the run's config and its latest (or `step`'s) checkpointed state and metadata."""
     config = load_config(workdir)
     mesh = mesh or sharding.make_data_mesh()
     # The schedule does not shape the state, so any steps_per_epoch restores it; the saved history has the rest.
-    trainer = train.Trainer(config, mesh, steps_per_epoch=1)
+    trainer = training.Trainer(config, mesh, steps_per_epoch=1)
     checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
     try:
         if checkpointer.latest_step() is None:

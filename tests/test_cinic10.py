@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from mbde_jax import input_pipeline, sharding
-from mbde_jax.datasets import cinic10
+from mbde_jax.data import cinic10
 
 PER_CLASS = 2  # PNGs per class folder and split; the release has 9,000.
 
@@ -183,7 +183,7 @@ def test_archive_with_a_missing_class_folder_is_refused(tmp_path, monkeypatch):
 
 
 def test_real_release_expectations():
-    # The values the real archive is checked against (sources in mbde_jax/datasets/cinic10.py).
+    # The values the real archive is checked against (sources in mbde_jax/data/cinic10.py).
     assert cinic10.ARCHIVE.num_bytes == 687_544_992
     assert cinic10.ARCHIVE.images_per_class * len(cinic10.CLASS_NAMES) * len(cinic10.SPLIT_FOLDERS) == 270_000
     assert cinic10.ARCHIVE.url.startswith("https://datashare.ed.ac.uk/") and cinic10.ARCHIVE.md5 and cinic10.ARCHIVE.sha256

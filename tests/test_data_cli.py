@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from mbde_jax import benchmark, data, input_pipeline
-from mbde_jax.datasets import cinic10
+from mbde_jax import benchmark, input_pipeline
+from mbde_jax.data import cli as data_cli
+from mbde_jax.data import cinic10
 
 FAIL_FAST_S = 30.0
 
@@ -37,19 +38,19 @@ def no_network(monkeypatch):
 
 
 def test_prepare_digits_prints_where_and_how_big(tmp_path, capsys):
-    assert data.main(["prepare", "digits", "--data_dir", str(tmp_path)]) == 0
+    assert data_cli.main(["prepare", "digits", "--data_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"is prepared in {tmp_path}/sklearn_digits/1.0.0" in out
     assert re.search(r"[\d.]+ (KiB|MiB) on disk", out)
     assert "train: 1,442 examples" in out and "test: 355 examples" in out
     # Preparing again reuses it.
-    assert data.main(["prepare", "digits", "--data_dir", str(tmp_path)]) == 0
+    assert data_cli.main(["prepare", "digits", "--data_dir", str(tmp_path)]) == 0
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
 def test_unprepared_dataset_without_network_fails_fast_with_the_fix(tmp_path, capsys, no_network, dataset):
     start = time.monotonic()
-    assert data.main(["prepare", dataset, "--data_dir", str(tmp_path)]) == 1
+    assert data_cli.main(["prepare", dataset, "--data_dir", str(tmp_path)]) == 1
     assert time.monotonic() - start < FAIL_FAST_S
     err = capsys.readouterr().err
     assert f"Dataset '{dataset}' is not prepared in the data directory {tmp_path}" in err
@@ -120,7 +121,7 @@ def test_command_line_fails_fast_through_an_unreachable_proxy(tmp_path):
 
 def test_unknown_dataset_lists_the_valid_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        data.main(["prepare", "mnist"])
+        data_cli.main(["prepare", "mnist"])
     assert exit_info.value.code == 2
     assert "['cifar10', 'cifar100', 'cinic10', 'digits']" in capsys.readouterr().err
 

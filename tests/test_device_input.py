@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from mbde_jax import config_utils, input_pipeline, sharding, train
+from mbde_jax import config_utils, input_pipeline, sharding, training
 from test_input_pipeline import reference_augment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_training_on_device_input_repeats_the_host_run(tmp_path):
     for on_device in (False, True):
         workdir = tmp_path / f"on_device_{on_device}"
         with input_pipeline.mocked_dataset("cifar10", num_examples=32, metadata_dir=str(tmp_path / "meta")):
-            results[on_device] = train.train_and_evaluate(
+            results[on_device] = training.train_and_evaluate(
                     _config(input_on_device=on_device, num_epochs=1, lr_boundaries_epochs=(), method="okddip"), str(workdir))
         results[on_device]["history"] = json.loads((workdir / "history.json").read_text())
     assert results[True]["history"] == results[False]["history"]

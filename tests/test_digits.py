@@ -8,8 +8,8 @@ import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
 from mbde_jax import input_pipeline, sharding
-from mbde_jax.datasets import digits
-from mbde_jax.datasets import info as dataset_info
+from mbde_jax.data import digits
+from mbde_jax.data import info as dataset_info
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbde_jax import config_utils, ffm, methods, sharding, train
+from mbde_jax import config_utils, methods, sharding, training
+from mbde_jax.models import ffm
 from mbde_jax.models import layers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def _loss_and_grads(config, variables):
 
 
 def _initial_variables(config):
-    trainer = train.Trainer(config, sharding.make_data_mesh(), steps_per_epoch=1)
+    trainer = training.Trainer(config, sharding.make_data_mesh(), steps_per_epoch=1)
     state = trainer.init_state()
     return {"params": state.params, "batch_stats": state.batch_stats}
 

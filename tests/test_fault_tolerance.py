@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from mbde_jax import checkpoint, config_validation, input_pipeline, lifecycle, train
+from mbde_jax import checkpoint, config_validation, input_pipeline, lifecycle, training
 from mbde_jax import workdir as workdir_lib
 from test_train import NUM_EXAMPLES, ROOT, STEPS_PER_EPOCH, _config, _run_subprocess, _train
 
@@ -118,7 +118,7 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_used(two_epo
     damage(copy / "checkpoints" / str(2 * STEPS_PER_EPOCH))
     (copy / "checkpoints" / "24.orbax-checkpoint-tmp-1234").mkdir()  # a save that never completed
     with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
-        again = train.train_and_evaluate(_config(checkpoint_every_minutes=0), str(copy))
+        again = training.train_and_evaluate(_config(checkpoint_every_minutes=0), str(copy))
     assert f"checkpoint step {2 * STEPS_PER_EPOCH} cannot be read" in caplog.text
     assert not list((copy / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
     (moved,) = (copy / "checkpoints_unreadable").iterdir()
@@ -138,7 +138,7 @@ def test_no_readable_checkpoint_is_one_clear_error(two_epoch_run, tmp_path):
                        match=rf"no checkpoint in {copy / 'checkpoints'} can be read \(steps 16, 8 were moved"):
         with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES,
                                            metadata_dir=str(data_tmp / "meta")):
-            train.train_and_evaluate(_config(checkpoint_every_minutes=0), str(copy))
+            training.train_and_evaluate(_config(checkpoint_every_minutes=0), str(copy))
     assert len(list((copy / "checkpoints_unreadable").iterdir())) == 2  # moved, not deleted
 
 
@@ -158,7 +158,7 @@ def test_a_second_trainer_is_refused_and_a_dead_holder_taken_over(tmp_path, capl
 
 def test_a_failing_evaluation_loses_no_training(tmp_path, monkeypatch):
     calls = []
-    original = train.Trainer.evaluate
+    original = training.Trainer.evaluate
 
     def evaluate_fails_on_epoch_2(self, state, batches):
         calls.append(int(state.step))
@@ -166,12 +166,12 @@ def test_a_failing_evaluation_loses_no_training(tmp_path, monkeypatch):
             raise RuntimeError("the eval data broke")
         return original(self, state, batches)
 
-    monkeypatch.setattr(train.Trainer, "evaluate", evaluate_fails_on_epoch_2)
+    monkeypatch.setattr(training.Trainer, "evaluate", evaluate_fails_on_epoch_2)
     with pytest.raises(RuntimeError, match="the eval data broke"):
         _train(tmp_path, checkpoint_every_minutes=0)
     workdir = tmp_path / "run"
     assert checkpoint.Checkpointer(str(workdir), read_only=True).latest_step() == 2 * STEPS_PER_EPOCH
-    monkeypatch.setattr(train.Trainer, "evaluate", original)
+    monkeypatch.setattr(training.Trainer, "evaluate", original)
     _, results = _train(tmp_path, checkpoint_every_minutes=0)  # evaluates the missing epoch, trains nothing
     assert [entry["epoch"] for entry in _read(workdir, "history.json")] == [1, 2]
     _, straight = _train(tmp_path, "straight", checkpoint_every_minutes=0)
@@ -187,11 +187,11 @@ def test_config_history_and_accumulated_train_seconds(two_epoch_run, tmp_path):
     reader.close()
     with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
         with pytest.raises(config_validation.ConfigError, match="pass --allow_config_change"):
-            train.train_and_evaluate(_config(checkpoint_every_minutes=0, num_epochs=3), str(copy))
-        longer = train.train_and_evaluate(_config(checkpoint_every_minutes=0, num_epochs=3), str(copy),
+            training.train_and_evaluate(_config(checkpoint_every_minutes=0, num_epochs=3), str(copy))
+        longer = training.train_and_evaluate(_config(checkpoint_every_minutes=0, num_epochs=3), str(copy),
                                           allow_config_change=True)
         with pytest.raises(config_validation.ConfigError, match=r"other shapes \(num_branches 3 -> 4\)"):
-            train.train_and_evaluate(_config(checkpoint_every_minutes=0, num_epochs=3, num_branches=4), str(copy),
+            training.train_and_evaluate(_config(checkpoint_every_minutes=0, num_epochs=3, num_branches=4), str(copy),
                                      allow_config_change=True)
     (change,) = _read(copy, lifecycle.CONFIG_HISTORY_FILE)
     assert change["replaced_at_step"] == 2 * STEPS_PER_EPOCH and change["changed_fields"] == ["num_epochs"]
@@ -205,7 +205,7 @@ def test_unusable_workdirs_are_one_line(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     with pytest.raises(config_validation.ConfigError, match=rf"--workdir {a_file}: cannot be used"):
-        train.train_and_evaluate(_config(), str(a_file))
+        training.train_and_evaluate(_config(), str(a_file))
 
 
 def test_an_empty_methods_list_is_refused(tmp_path):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 
-from mbde_jax import ffm
+from mbde_jax.models import ffm
 
 PEERS, BATCH, CHANNELS, CLASSES = 3, 4, 64, 10  # resnet32's peers: 3 branches of 64-channel 8x8 maps
 # FFM parameters for these peers: depthwise 3x3 over 192 channels, two BNs (scale + bias), pointwise 192x192.

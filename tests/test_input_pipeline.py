@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mbde_jax import input_pipeline, sharding
-from mbde_jax.datasets import info as dataset_info
+from mbde_jax.data import info as dataset_info
 
 NUM_EXAMPLES = 203  # Not a multiple of any batch size used here.
 BATCH = 32

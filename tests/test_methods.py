@@ -18,7 +18,7 @@ import numpy as np
 from absl.testing import parameterized
 
 from mbde_jax import losses, methods
-from mbde_jax.model import classifier_kernels
+from mbde_jax.models.online_kd import classifier_kernels
 from test_ffm import FFM_PARAMS, np_attention, np_ffm
 from test_losses import np_cd, np_cd_gradient, np_cross_entropy, np_kl, np_softmax
 

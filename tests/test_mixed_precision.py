@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbde_jax import config_utils, methods, sharding, train
+from mbde_jax import config_utils, methods, sharding, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMAGES = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 3)), jnp.float32)
@@ -97,10 +97,10 @@ def test_float32_is_the_default_and_unchanged():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_train_step_keeps_a_float32_state(dtype):
     config = _config(compute_dtype=dtype)
-    trainer = train.Trainer(config, sharding.make_data_mesh(), steps_per_epoch=4)
+    trainer = training.Trainer(config, sharding.make_data_mesh(), steps_per_epoch=4)
     state = trainer.init_state()
     batch = {"image": jnp.tile(IMAGES, (2, 1, 1, 1)), "label": jnp.tile(LABELS, 2)}
-    state, metrics = trainer.train_step(state, batch)
+    state, metrics = training.train_step(state, batch)
     assert np.isfinite(float(metrics["loss"])) and metrics["loss"].dtype == jnp.float32
     for leaf in jax.tree.leaves((state.params, state.batch_stats, state.opt_state)):
         if jnp.issubdtype(leaf.dtype, jnp.floating):

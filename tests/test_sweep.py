@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from mbde_jax import config_utils, input_pipeline, sweep, train
+from mbde_jax import config_utils, input_pipeline, sweep, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_EXAMPLES = 64  # mocked examples per split: 8 steps of batch 8 per epoch
@@ -44,7 +44,7 @@ def _recording_training():
     def train_fn(config, workdir):
         current.append(workdir)
         trained[workdir] = []
-        return train.train_and_evaluate(config, workdir)
+        return training.train_and_evaluate(config, workdir)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(input_pipeline.TrainPipeline, "epoch_batches", epoch_batches)

@@ -15,8 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from mbde_jax import (checkpoint, config_utils, config_validation, input_pipeline, losses, methods, optim,
-                      provenance, sharding, train)
+from mbde_jax import (checkpoint, config_utils, config_validation, input_pipeline, losses, methods, optim, provenance, sharding, training)
 from mbde_jax import workdir as workdir_lib
 from mbde_jax.evaluate import evaluate_workdir, format_metrics
 from mbde_jax.export import export_deployed, load_deployed
@@ -35,7 +34,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
 def _train(tmp_path, workdir_name="run", **overrides) -> tuple[str, dict]:
     workdir = str(tmp_path / workdir_name)
     with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
-        results = train.train_and_evaluate(_config(**overrides), workdir)
+        results = training.train_and_evaluate(_config(**overrides), workdir)
     return workdir, results
 
 
@@ -260,7 +259,7 @@ def test_different_config_on_resume_is_refused_unless_allowed(finished_run):
     with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
         with pytest.raises(ValueError, match=r"different config \(fields: kd_weight, temperature\).*"
                                              r"--allow_config_change"):
-            train.train_and_evaluate(_config(method="okddip", temperature=4.0, kd_weight=2.0), workdir)
+            training.train_and_evaluate(_config(method="okddip", temperature=4.0, kd_weight=2.0), workdir)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -270,9 +269,9 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     good.close()
     config = _config(method="individual", num_epochs=2, learning_rate=1e30)
     with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
-        with pytest.raises(train.NonFiniteLossError,
+        with pytest.raises(training.NonFiniteLossError,
                            match=rf"at step \d+ \(1-based\).*last good checkpoint \(step {STEPS_PER_EPOCH}\)"):
-            train.train_and_evaluate(config, workdir, allow_config_change=True)
+            training.train_and_evaluate(config, workdir, allow_config_change=True)
     after = checkpoint.Checkpointer(workdir, read_only=True)
     assert after.latest_step() == STEPS_PER_EPOCH
     after.close()

@@ -30,7 +30,7 @@ def main(args: dict) -> None:
 
     logging.set_verbosity(logging.INFO)  # the tests read "resumed from step N"
 
-    from mbde_jax import checkpoint, config_utils, input_pipeline, lifecycle, sharding, train
+    from mbde_jax import checkpoint, config_utils, input_pipeline, lifecycle, sharding, training
 
     config = config_utils.load_sibling(str(ROOT / "configs" / "test.py"), "test").get_config()
     config.update_from_flattened_dict(args.get("overrides", {}))
@@ -50,7 +50,7 @@ def main(args: dict) -> None:
                 checkpoint.Checkpointer.save = save_then_die
             signal_step = args.get("signal_after_step")
             if signal_step is not None:
-                original_init = train.Trainer.__init__
+                original_init = training.Trainer.__init__
 
                 def init_then_wrap(self, *init_args, **init_kwargs):
                     original_init(self, *init_args, **init_kwargs)
@@ -65,10 +65,10 @@ def main(args: dict) -> None:
 
                     self.train_step = step_then_signal
 
-                train.Trainer.__init__ = init_then_wrap
+                training.Trainer.__init__ = init_then_wrap
             try:
                 with cli_errors.one_line_errors("train.py"):
-                    train.train_and_evaluate(config, args["workdir"])
+                    training.train_and_evaluate(config, args["workdir"])
             except lifecycle.TrainingStopped as stopped:
                 print(stopped, file=sys.stderr)
                 sys.exit(stopped.exit_code)
@@ -76,11 +76,11 @@ def main(args: dict) -> None:
             mesh = sharding.make_data_mesh()
             pipeline = input_pipeline.TrainPipeline(config.dataset, global_batch_size=config.batch_size,
                                                     seed=config.seed, mesh=mesh, download=False)
-            trainer = train.Trainer(config, mesh, pipeline.steps_per_epoch)
+            trainer = training.Trainer(config, mesh, pipeline.steps_per_epoch)
             state = trainer.init_state()
             losses = []
             for batch in pipeline.epoch_batches(0):
-                state, metrics = trainer.train_step(state, batch)
+                state, metrics = training.train_step(state, batch)
                 losses.append(float(metrics["loss"]))
                 if len(losses) == args["steps"]:
                     break

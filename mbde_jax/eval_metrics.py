@@ -21,7 +21,7 @@ import numpy as np
 
 from mbde_jax import losses
 from mbde_jax.methods import Method
-from mbde_jax.model import ModelOutput
+from mbde_jax.models.online_kd import ModelOutput
 
 
 def head_names(method: Method, num_branches: int) -> list[str]:

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mbde_jax import ffm, one_gate
+from mbde_jax.models import ffm, one_gate
 from mbde_jax.models import MultiBranchNet, layers
 
 HEADS = ("none", "attention", "ffm_attention", "gate")

@@ -8,4 +8,4 @@ pipeline does) before asking tfds for 'cinic10' or 'sklearn_digits'.
 
 def register_builders() -> None:
     """Makes tfds know 'cinic10' and 'sklearn_digits' (defining a builder class registers it)."""
-    from mbde_jax.datasets import cinic10, digits  # noqa: F401  pylint: disable=import-outside-toplevel
+    from mbde_jax.data import cinic10, digits  # noqa: F401  pylint: disable=import-outside-toplevel

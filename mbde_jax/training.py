@@ -23,10 +23,10 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from mbde_jax import (checkpoint, config_validation, distributed, evaluation, input_pipeline, lifecycle, logs,
+from mbde_jax import (checkpoint, config_validation, distributed, eval_metrics, input_pipeline, lifecycle, logs,
                       losses, methods, optim, provenance, sharding, train_metrics)
-from mbde_jax.datasets import info as dataset_info
-from mbde_jax.model import OnlineKDModel
+from mbde_jax.data import info as dataset_info
+from mbde_jax.models.online_kd import OnlineKDModel
 
 
 NonFiniteLossError = train_metrics.NonFiniteLossError  # re-exported: callers catch train.NonFiniteLossError
@@ -97,9 +97,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: OnlineK
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: OnlineKDModel,
               method: methods.Method) -> dict[str, jax.Array]:
-    """Eval-mode forward pass of one padded batch -> sums to accumulate (see evaluation.eval_sums)."""
+    """Eval-mode forward pass of one padded batch -> sums to accumulate (see eval_metrics.eval_sums)."""
     outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
-    return evaluation.eval_sums(outputs, batch["label"], batch["mask"], method)
+    return eval_metrics.eval_sums(outputs, batch["label"], batch["mask"], method)
 
 
 class Trainer:
@@ -124,7 +124,7 @@ class Trainer:
             train_step, model=self.model, tx=self.tx, objective=methods.make_objective(config),
             learning_rate=self.learning_rate, steps_per_epoch=steps_per_epoch,
             rampup_epochs=config.rampup_epochs,
-            deployed_branch=evaluation.deployed_branch(self.method, self.num_branches), seed=config.seed)
+            deployed_branch=eval_metrics.deployed_branch(self.method, self.num_branches), seed=config.seed)
         self.train_step = jax.jit(step_fn, in_shardings=(replicated, batched),
                                   out_shardings=(replicated, replicated), donate_argnums=(0,))
         self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, method=self.method),
@@ -137,8 +137,8 @@ class Trainer:
         return checkpoint.abstract_like(jax.eval_shape(self._init))
 
     def evaluate(self, state: TrainState, batches: Iterator[dict[str, jax.Array]]) -> dict:
-        total = evaluation.accumulate(self.eval_step(state, batch) for batch in batches)
-        return evaluation.summarize(total, self.method, self.num_branches)
+        total = eval_metrics.accumulate(self.eval_step(state, batch) for batch in batches)
+        return eval_metrics.summarize(total, self.method, self.num_branches)
 
 
 def _jsonable_config(config: ml_collections.ConfigDict) -> dict:
@@ -294,7 +294,7 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
         meta["history"].append(entry)
         if meta["best"] is None or metrics["top1/deployed"] > meta["best"]["metrics"]["top1/deployed"]:
             meta["best"] = entry
-        writer.write_scalars(step, {f"test/{k}": v for k, v in evaluation.scalar_metrics(metrics).items()})
+        writer.write_scalars(step, {f"test/{k}": v for k, v in eval_metrics.scalar_metrics(metrics).items()})
         logging.info("epoch %d/%d: test top-1 %s %.2f%%, peer ensemble %.2f%%, diversity %.4f",
                      epoch + 1, config.num_epochs, metrics["deployed_head"], metrics["top1/deployed"],
                      metrics["top1/peer_ensemble"], metrics["diversity"])
@@ -331,7 +331,7 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
             evaluate(start_epoch - 1)
         for epoch in range(start_epoch, config.num_epochs):
             for batch in pipeline.epoch_batches(epoch, start_batch):
-                state, metrics = trainer.train_step(state, batch)
+                state, metrics = training.train_step(state, batch)
                 pending.add(step, metrics)
                 step += 1
                 report_progress(step)

@@ -45,7 +45,7 @@ DATASETS: dict[str, DatasetInfo] = {
                 name="cinic10", tfds_name="cinic10", num_classes=10, image_shape=(32, 32, 3),
                 mean=(0.47889522, 0.47227842, 0.43047404), std=(0.24205776, 0.23828046, 0.25874835)),
         # scikit-learn's bundled handwritten digits, resized to 32x32x3: real data that needs no network.
-        # Mean/std measured on the resized training split (1,442 images, see mbde_jax/datasets/digits.py);
+        # Mean/std measured on the resized training split (1,442 images, see mbde_jax/data/digits.py);
         # the three channels are copies of one grey channel, hence equal.
         "digits": DatasetInfo(
                 name="digits", tfds_name="sklearn_digits", num_classes=10, image_shape=(32, 32, 3),

@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mbde_jax.datasets import info as dataset_info
+from mbde_jax.data import info as dataset_info
 
 
 def _directory_bytes(path: str) -> int:
@@ -36,7 +36,7 @@ def _human_bytes(num_bytes: float) -> str:
 def _prepare_command(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and a misspelt dataset answer without loading TensorFlow.
     from mbde_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-    from mbde_jax.datasets import cinic10  # pylint: disable=import-outside-toplevel
+    from mbde_jax.data import cinic10  # pylint: disable=import-outside-toplevel
 
     try:
         builder = input_pipeline.prepare(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir)
