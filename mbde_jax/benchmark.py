@@ -1,10 +1,10 @@
-"""Throughput measurements, one subcommand each.
+"""Throughput measurements, one subcommand each (`python -m mbde_jax.benchmark` is the same command).
 
-    python -m mbde_jax.benchmark train --config configs/cifar100_resnet32.py [--config.<field>=<value> ...]
-                                       [--steps 20] [--warmup 3] [--json out.json]
-    python -m mbde_jax.benchmark eval --config configs/cifar100_resnet32.py [--steps 20] [--json out.json]
-    python -m mbde_jax.benchmark input --dataset digits
-    python -m mbde_jax.benchmark input --dataset cifar10 --data mock --mock_examples 20000 [--input_on_device]
+    mbde-benchmark train --config configs/cifar100_resnet32.py [--config.<field>=<value> ...]
+                         [--steps 20] [--warmup 3] [--json out.json]
+    mbde-benchmark eval --config configs/cifar100_resnet32.py [--steps 20] [--json out.json]
+    mbde-benchmark input --dataset digits
+    mbde-benchmark input --dataset cifar10 --data mock --mock_examples 20000 [--input_on_device]
 
 `train`: the jitted train step of the config on synthetic data of the config's shapes (random normalised images
 and labels already on the devices, sharded as the training loop shards them), so it runs anywhere. It prints the
@@ -22,8 +22,11 @@ cores) before JAX starts; pass --config.cpu_devices=1 to measure a single device
 
 from __future__ import annotations
 
-import argparse
-import ast
+if __name__ == "__main__":  # `python -m mbde_jax.benchmark`: the command line answers before the imports below
+    from mbde_jax import cli
+
+    cli.mbde_benchmark()
+
 import contextlib
 import json
 import os
@@ -33,50 +36,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+import types
 
 from mbde_jax.data import info as dataset_info
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Config loading: --config <file> plus --config.<field>=<value> overrides, as train.py takes them.
-
-
-def _parse_value(text: str, current):
-    """A command-line value for a field whose current value is `current` (None for an unset placeholder)."""
-    if isinstance(current, bool) or current is None and text.lower() in ("true", "false"):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1")
-    if isinstance(current, str):
-        return text
-    if isinstance(current, float):
-        return float(text)
-    if isinstance(current, int):
-        return int(text)
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-    return tuple(value) if isinstance(value, list) else value
-
-
-def load_config(config_file: str, overrides: Sequence[str]):
-    """get_config() of `config_file` with '--config.<field>=<value>' overrides applied (unknown fields refused)."""
-    from mbde_jax import config_utils  # pylint: disable=import-outside-toplevel
-
-    config = config_utils.load_config(config_file)
-    for item in overrides:
-        if not item.startswith("--config.") or "=" not in item:
-            raise SystemExit(f"error: unrecognised argument {item!r}; fields are set as --config.<field>=<value>.")
-        name, text = item[len("--config."):].split("=", 1)
-        if name not in config:
-            raise SystemExit(f"error: config.{name}: no such field (see configs/default.py).")
-        try:
-            config[name] = _parse_value(text, config[name])
-        except (ValueError, TypeError) as error:
-            raise SystemExit(f"error: --config.{name}={text}: {error}") from None
-    return config
+COMMANDS = ("train", "eval", "input")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -146,7 +110,7 @@ def _machine_figures() -> dict:
             "load_average_after": [round(v, 2) for v in os.getloadavg()]}
 
 
-def _report(kind: str, args: argparse.Namespace, config, batch_size: int, compile_s: float, times: list[float],
+def _report(kind: str, args: types.SimpleNamespace, config, batch_size: int, compile_s: float, times: list[float],
             flops: float | None, load_before: tuple, extra: dict, compile_from_cache: bool) -> dict:
     import jax  # pylint: disable=import-outside-toplevel
 
@@ -154,7 +118,7 @@ def _report(kind: str, args: argparse.Namespace, config, batch_size: int, compil
     median = statistics.median(times)
     result = {
         "benchmark": kind,
-        "config": args.config,
+        "config": args.config_file,
         "overrides": list(args.overrides),
         "method": config.method,
         "arch": config.arch,
@@ -177,7 +141,7 @@ def _report(kind: str, args: argparse.Namespace, config, batch_size: int, compil
         "load_average_before": [round(v, 2) for v in load_before],
         **extra,
     }
-    print(f"benchmark {kind}: {args.config} {' '.join(args.overrides)}".rstrip())
+    print(f"benchmark {kind}: {args.config_file} {' '.join(args.overrides)}".rstrip())
     print(f"  model: method={config.method} arch={config.arch} dataset={config.dataset} "
           f"batch={batch_size} compute_dtype={config.compute_dtype} "
           + " ".join(f"{k}={v}" for k, v in extra.items()))
@@ -193,8 +157,8 @@ def _report(kind: str, args: argparse.Namespace, config, batch_size: int, compil
     print(f"  peak host memory {result['peak_host_memory_gib']:.2f} GiB"
           + (f"; peak device memory {device_memory:.2f} GiB" if device_memory is not None else "")
           + f"; load average {load_before[0]:.2f} before, {result['load_average_after'][0]:.2f} after")
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json_path:
+        with open(args.json_path, "w") as f:
             json.dump(result, f, indent=2)
     return result
 
@@ -218,19 +182,15 @@ def _persistent_cache_hits():
         jax.monitoring.unregister_event_listener(listener)
 
 
-def _setup(args: argparse.Namespace):
-    """Config, devices (split before JAX starts), mesh and a Trainer for the config."""
-    config = load_config(args.config, args.overrides)
-    from mbde_jax import config_validation, logs, sharding, training  # pylint: disable=import-outside-toplevel
+def _setup(args: types.SimpleNamespace):
+    """The experiment (devices split before JAX starts) and a Trainer for it."""
+    from mbde_jax import experiment as experiment_lib, logs, training  # pylint: disable=import-outside-toplevel
 
-    config_validation.validate(config)
-    sharding.configure_host_devices(config)
-
+    experiment = experiment_lib.resolve(args.config)
     logs.quiet_library_info_logs()
-    mesh = sharding.make_data_mesh()
-    # Steps per epoch only shape the schedules inside the step, not its cost: CIFAR's 50,000 examples.
-    steps_per_epoch = max(1, 50_000 // config.batch_size)
-    return config, mesh, training.Trainer(config, mesh, steps_per_epoch)
+    # Every timed step lies in the first epoch (its learning rate and ramp-up weight); the epoch length is not
+    # part of the step's cost.
+    return experiment, training.Trainer(experiment, steps_per_epoch=args.warmup + args.steps + 1)
 
 
 def _synthetic_batch(config, batch_size: int, mesh, seed: int, with_mask: bool):
@@ -249,12 +209,13 @@ def _synthetic_batch(config, batch_size: int, mesh, seed: int, with_mask: bool):
     return jax.device_put(batch, sharding.batch_sharding(mesh))
 
 
-def _step_command(args: argparse.Namespace) -> dict:
+def _step_command(args: types.SimpleNamespace) -> dict:
     """`train` or `eval` (args.command): compile the step, time it, report."""
     load_before = os.getloadavg()
-    config, mesh, trainer = _setup(args)
+    experiment, trainer = _setup(args)
     import jax  # pylint: disable=import-outside-toplevel
 
+    config, mesh = experiment.config, experiment.mesh
     training = args.command == "train"
     batch_size = config.batch_size if training else config.eval_batch_size
     state = trainer.init_state()
@@ -275,8 +236,8 @@ def _step_command(args: argparse.Namespace) -> dict:
 
     times = _time_steps(run_step, args.steps, args.warmup)
     return _report(args.command, args, config, batch_size, compile_s, times, _flops(compiled, mesh.devices.size),
-                   load_before, {"num_branches": trainer.num_branches,
-                                 "branch_execution": trainer.model.branch_execution},
+                   load_before, {"num_branches": experiment.num_branches,
+                                 "branch_execution": experiment.model.branch_execution},
                    compile_from_cache=bool(cache_hits))
 
 
@@ -284,7 +245,7 @@ def _step_command(args: argparse.Namespace) -> dict:
 # Input pipeline.
 
 
-def _input_command(args: argparse.Namespace) -> None:
+def _input_command(args: types.SimpleNamespace) -> None:
     # Imported here so that `--help` answers without loading TensorFlow and JAX.
     import jax  # pylint: disable=import-outside-toplevel
     import ml_collections  # pylint: disable=import-outside-toplevel
@@ -329,8 +290,8 @@ def _input_command(args: argparse.Namespace) -> None:
     print(f"  load {load_s:.1f} s; {args.num_batches} batches in {elapsed:.2f} s: "
           f"{images_per_s:,.0f} training images/s ({elapsed / args.num_batches * 1e3:.1f} ms/batch); "
           f"load average {os.getloadavg()[0]:.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json_path:
+        with open(args.json_path, "w") as f:
             json.dump({"benchmark": "input", "dataset": args.dataset, "data": source,
                        "examples": pipeline.num_examples, "batch_size": args.batch_size,
                        "on_device": args.input_on_device, "load_s": round(load_s, 2),
@@ -339,58 +300,20 @@ def _input_command(args: argparse.Namespace) -> None:
                       f, indent=2)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mbde_jax.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    subparsers = parser.add_subparsers(dest="command", required=True)
-
-    for name, help_text in (("train", "steady-state images/s of the train step"),
-                            ("eval", "steady-state images/s of the evaluation step")):
-        step_parser = subparsers.add_parser(
-                name, help=help_text,
-                description=f"{help_text}; fields are overridden with --config.<field>=<value>.")
-        step_parser.add_argument("--config", required=True, help="a config file, e.g. configs/cifar100_resnet32.py")
-        step_parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
-        step_parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling (default 3)")
-        step_parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic batch")
-        step_parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-        step_parser.set_defaults(run=_step_command)
-
-    input_parser = subparsers.add_parser("input", help="training images/s delivered by the input pipeline")
-    input_parser.add_argument("--dataset", required=True, choices=sorted(dataset_info.DATASETS))
-    input_parser.add_argument("--data", choices=("auto", "real", "mock"), default="auto",
-                              help="real: the prepared dataset; mock: tfds mock data; auto: real for digits, "
-                                   "mock otherwise (default)")
-    input_parser.add_argument("--mock_examples", type=int, default=10_000,
-                              help="examples per split with --data mock (default 10000)")
-    input_parser.add_argument("--batch_size", type=int, default=128, help="global batch size (default 128)")
-    input_parser.add_argument("--num_batches", type=int, default=300, help="batches timed (default 300)")
-    input_parser.add_argument("--seed", type=int, default=0)
-    input_parser.add_argument("--data_dir", default=None, help="tfds data directory for --data real")
-    input_parser.add_argument("--input_on_device", action="store_true",
-                              help="measure the device-resident pipeline (config.input_on_device)")
-    input_parser.add_argument("--cpu_devices", type=int, default=0,
-                              help="JAX devices a CPU-only host is split into, as config.cpu_devices "
-                                   "(default 0: auto, as training)")
-    input_parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    input_parser.set_defaults(run=_input_command)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None):
-    parser = _parser()
-    args, unknown = parser.parse_known_args(argv)
-    if args.command in ("train", "eval"):
-        args.overrides = unknown
-    elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+def run(command: str, **settings):
+    """Runs benchmark `command` ('train', 'eval' or 'input') with the settings mbde_jax.cli parsed; returns the
+    figures of 'train' and 'eval'."""
     from mbde_jax import config_validation  # pylint: disable=import-outside-toplevel
 
+    args = types.SimpleNamespace(command=command, **settings)
     try:
-        return args.run(args)
+        return _input_command(args) if command == "input" else _step_command(args)
     except config_validation.ConfigError as error:
         raise SystemExit(f"error: {error}") from None
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+def main(argv):
+    """`python -m mbde_jax.benchmark` from Python: argv without the program name, e.g. ['train', '--config', F]."""
+    from mbde_jax import cli  # pylint: disable=import-outside-toplevel
+
+    return cli.benchmark(["mbde_jax.benchmark", *argv])

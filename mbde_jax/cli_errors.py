@@ -14,7 +14,7 @@ from typing import Iterator
 
 def _user_error_types() -> tuple[type, ...]:
     # Imported when an error happens, not before: `--help` must not load TensorFlow or JAX.
-    from mbde_jax import checkpoint, input_pipeline, lifecycle, train_metrics
+    from mbde_jax import checkpoint, input_pipeline, lifecycle, train_metrics  # noqa
     from mbde_jax.data import cinic10
 
     return (ValueError, OSError, input_pipeline.DatasetUnavailableError, lifecycle.WorkdirLockedError,
@@ -47,18 +47,17 @@ def _exit_if_peer_failure(tool: str, error: Exception) -> None:
     os._exit(distributed.EXIT_PEER_LOST)
 
 
-def parse_flags_or_exit(tool: str, argv: list[str]) -> list[str]:
+def parse_flags_or_exit(tool: str, argv: list[str], flag_values) -> list[str]:
     """Parses the command line now, so that a misspelt `--config.<field>` is one line, not absl's traceback.
 
     ml_collections reports an unknown field as an AttributeError (with its suggestion) from inside the parser.
-    Returns the arguments left after the flags; pass them on with `app.run(main, flags_parser=lambda _: rest)`,
-    since parsing twice defines the --config.<field> override flags twice.
+    Returns argv[0] and the positional arguments left after the flags. A required flag that is missing is
+    one line too.
     """
-    from absl import app, flags
+    from absl import flags
 
-    app.define_help_flags()  # --help and --helpfull answer as under app.run
     try:
-        return flags.FLAGS(argv)
+        return flag_values(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
         cause = error.args[0] if error.args else error
         while isinstance(cause, KeyError) and cause.args:  # str(KeyError) quotes and escapes its message

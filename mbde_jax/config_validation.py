@@ -136,4 +136,13 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.lr_boundaries_epochs={tuple(config.lr_boundaries_epochs)!r}: epoch(s) {late} lie "
                           f"past config.num_epochs={config.num_epochs}, so that drop would never happen; give "
                           f"epochs in [1, {config.num_epochs}] (or an empty tuple for a constant rate).")
-    methods.num_branches(config)  # the method's own limits on num_branches
+    _check_branch_count(methods.METHODS[config.method], config.num_branches)
+
+
+def _check_branch_count(method: methods.Method, requested: int) -> None:
+    """The method's own limits on config.num_branches (a method with a fixed count ignores the field)."""
+    if method.fixed_branches is None and requested < method.min_branches:
+        need = (f"at least {method.min_branches - 1} peers plus the group leader"
+                if method.has_leader else f"at least {method.min_branches} branches")
+        raise ConfigError(f"config.num_branches: method {method.name!r} needs {need}, i.e. num_branches >= "
+                          f"{method.min_branches}; got {requested}.")

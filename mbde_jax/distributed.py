@@ -120,22 +120,25 @@ def settings_from(coordinator_address: str | None = None, num_processes: int | N
     return settings
 
 
-def define_flags():
-    """Defines the launch flags on absl's FLAGS; returns a function that reads them as LaunchSettings."""
+def define_flags(flag_values):
+    """Defines the launch flags on `flag_values` (an absl FlagValues); returns a function that reads them as
+    LaunchSettings."""
     from absl import flags
 
     address = flags.DEFINE_string(
         "coordinator_address", None, "host:port of process 0 in a multi-process run (default: environment "
-        "variable JAX_COORDINATOR_ADDRESS). Give it, --num_processes and --process_id on every process.")
+        "variable JAX_COORDINATOR_ADDRESS). Give it, --num_processes and --process_id on every process.",
+        flag_values=flag_values)
     count = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run (default: "
-                                 "JAX_NUM_PROCESSES).")
+                                 "JAX_NUM_PROCESSES).", flag_values=flag_values)
     index = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1 (default: "
-                                 "JAX_PROCESS_ID).")
+                                 "JAX_PROCESS_ID).", flag_values=flag_values)
     auto = flags.DEFINE_bool("distributed", False, "Join a multi-process run JAX configures from the "
-                             "environment (automatic on SLURM with several tasks, Open MPI, Cloud TPU pods).")
+                             "environment (automatic on SLURM with several tasks, Open MPI, Cloud TPU pods).",
+                             flag_values=flag_values)
     heartbeat = flags.DEFINE_integer(
         "heartbeat_timeout_seconds", DEFAULT_HEARTBEAT_TIMEOUT_S, "Multi-process runs: seconds without word "
-        "from a process before every process of the run is ended.")
+        "from a process before every process of the run is ended.", flag_values=flag_values)
 
     def read() -> LaunchSettings:
         return settings_from(address.value, count.value, index.value, auto.value, heartbeat.value)

@@ -1,24 +1,26 @@
 """Evaluates the latest checkpoint of a run on a split and prints the metrics of every head.
 
-    python -m mbde_jax.evaluate --workdir <dir> [--split test] [--step N]
+    mbde-evaluate --workdir <dir> [--split test] [--step N]     (or python -m mbde_jax.evaluate)
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mbde_jax.evaluate`: the command line answers before the imports below
+    from mbde_jax import cli
+
+    cli.mbde_evaluate()
+
 import json
 
-from absl import app, flags
-
-from mbde_jax import cli_errors, input_pipeline, logs, provenance, sharding, workdir as workdir_lib
+from mbde_jax import cli_errors, input_pipeline, logs, provenance, training
 
 
 def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None) -> dict:
     """Restores a run's checkpoint and evaluates every head on `split`; returns the metrics."""
-    mesh = sharding.make_data_mesh()
-    trainer, state, meta = workdir_lib.restore_latest(workdir, mesh, step)
-    config = trainer.config
+    trainer, state, meta = training.restore_latest(workdir, step)
+    config = trainer.experiment.config
     metrics = trainer.evaluate(state, input_pipeline.eval_batches(
-        config.dataset, split=split, global_batch_size=config.eval_batch_size, mesh=mesh,
+        config.dataset, split=split, global_batch_size=config.eval_batch_size, mesh=trainer.experiment.mesh,
         data_dir=config.data_dir, download=config.download))
     metrics["step"] = int(state.step)
     metrics["split"] = split or "test"
@@ -43,27 +45,12 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _run_cli() -> None:
-    # Flags are defined here, not at import, so the library functions can be imported next to other CLIs.
-    workdir = flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints/).")
-    split = flags.DEFINE_string("split", None, "tfds split to evaluate; default the dataset's test split.")
-    step = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the latest.")
-    json_path = flags.DEFINE_string("json", None, "Also write the metrics to this JSON file.")
-    flags.mark_flags_as_required(["workdir"])
-
-    def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        logs.quiet_library_info_logs()
-        with cli_errors.one_line_errors("mbde_jax.evaluate"):
-            metrics = evaluate_workdir(workdir.value, split.value, step.value)
-            print(format_metrics(metrics))
-            if json_path.value:
-                with open(json_path.value, "w") as f:
-                    json.dump(metrics, f, indent=2)
-
-    app.run(main)
-
-
-if __name__ == "__main__":
-    _run_cli()
+def main(workdir: str, split: str | None, step: int | None, json_path: str | None) -> None:
+    """The evaluate command (mbde_jax.cli.evaluate parses the flags)."""
+    logs.quiet_library_info_logs()
+    with cli_errors.one_line_errors("mbde_jax.evaluate"):
+        metrics = evaluate_workdir(workdir, split, step)
+        print(format_metrics(metrics))
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(metrics, f, indent=2)

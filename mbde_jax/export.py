@@ -10,6 +10,11 @@ as a small orbax checkpoint, and loads it back for inference.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mbde_jax.export`: the command line answers before the imports below
+    from mbde_jax import cli
+
+    cli.mbde_export()
+
 import dataclasses
 import json
 import os
@@ -19,10 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags
 
-from mbde_jax import cli_errors, eval_metrics, logs, workdir as workdir_lib
-from mbde_jax.data import info as dataset_info
+from mbde_jax import cli_errors, logs, training
 from mbde_jax.models import MultiBranchNet
 
 SPEC_FILE = "model.json"
@@ -48,23 +51,24 @@ def deployed_variables(variables: dict, branch: int) -> dict:
 
 def export_deployed(workdir: str, out_dir: str, step: int | None = None) -> dict:
     """Writes <out_dir>/model.json (what the model is) and <out_dir>/variables (orbax). Returns the spec."""
-    trainer, state, meta = workdir_lib.restore_latest(workdir, step=step)
-    config = trainer.config
-    branch = eval_metrics.deployed_branch(trainer.method, trainer.num_branches)
+    trainer, state, meta = training.restore_latest(workdir, step)
+    experiment = trainer.experiment
+    config = experiment.config
+    branch = experiment.deployed_branch
     variables = deployed_variables({"params": state.params, "batch_stats": state.batch_stats}, branch)
-    info = dataset_info.get_dataset_info(config.dataset)
+    info = experiment.dataset
     last_eval = meta["history"][-1]["metrics"] if meta.get("history") else {}
     spec = {
         "arch": config.arch,
         "num_classes": info.num_classes,
-        "shared_trunk": trainer.model.shared_trunk,
+        "shared_trunk": experiment.model.shared_trunk,
         "dropout_rate": config.dropout_rate,
         "dataset": config.dataset,
         "image_shape": list(info.image_shape),
         "mean": list(info.mean),
         "std": list(info.std),
         "method": config.method,
-        "deployed_head": eval_metrics.head_names(trainer.method, trainer.num_branches)[branch],
+        "deployed_head": experiment.head_names[branch],
         "source_workdir": os.path.abspath(workdir),
         "source_step": int(state.step),
         "test_top1_at_source_step": last_eval.get("top1/deployed"),
@@ -116,26 +120,11 @@ def load_deployed(export_dir: str) -> DeployedModel:
     return DeployedModel(spec=spec, variables=variables, network=network)
 
 
-def _run_cli() -> None:
-    # Flags are defined here, not at import, so the library functions can be imported next to other CLIs.
-    workdir = flags.DEFINE_string("workdir", None, "A training workdir.")
-    out = flags.DEFINE_string("out", None, "Directory to write the exported model to.")
-    step = flags.DEFINE_integer("step", None, "Checkpoint step to export; default the latest.")
-    flags.mark_flags_as_required(["workdir", "out"])
-
-    def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        logs.quiet_library_info_logs()
-        with cli_errors.one_line_errors("mbde_jax.export"):
-            spec = export_deployed(workdir.value, out.value, step.value)
-            count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
-                load_deployed(out.value).variables["params"]))
-        print(f"exported the {spec['deployed_head']} of {spec['method']} ({spec['arch']}, {count:,} parameters, "
-              f"step {spec['source_step']}) to {os.path.abspath(out.value)}")
-
-    app.run(main)
-
-
-if __name__ == "__main__":
-    _run_cli()
+def main(workdir: str, out: str, step: int | None) -> None:
+    """The export command (mbde_jax.cli.export parses the flags)."""
+    logs.quiet_library_info_logs()
+    with cli_errors.one_line_errors("mbde_jax.export"):
+        spec = export_deployed(workdir, out, step)
+        count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(load_deployed(out).variables["params"]))
+    print(f"exported the {spec['deployed_head']} of {spec['method']} ({spec['arch']}, {count:,} parameters, "
+          f"step {spec['source_step']}) to {os.path.abspath(out)}")

@@ -16,7 +16,6 @@ import time
 from absl import logging
 
 LOCK_FILE = "trainer.lock"
-CONFIG_HISTORY_FILE = "config_history.json"
 
 
 class WorkdirLockedError(RuntimeError):
@@ -130,19 +129,3 @@ class GracefulStop:
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-def record_config_change(workdir: str, saved_config: dict, replaced_at_step: int, changed: list[str]) -> str:
-    """Appends the config being replaced (and where) to <workdir>/config_history.json; returns the path."""
-    path = os.path.join(workdir, CONFIG_HISTORY_FILE)
-    history = []
-    if os.path.exists(path):
-        with open(path) as f:
-            history = json.load(f)
-    history.append({"replaced_at_step": replaced_at_step, "changed_fields": changed,
-                    "replaced_on": time.strftime("%Y-%m-%d %H:%M:%S"), "config": saved_config})
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(history, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-    return path

@@ -1,14 +1,14 @@
 """One objective per online-distillation method, and the model each one trains.
 
 An objective is `objective(outputs, labels, params, ramp_weight) -> (loss, metrics)`:
-  outputs      mbde_jax.model.ModelOutput of the training forward pass,
+  outputs      mbde_jax.models.online_kd.ModelOutput of the training forward pass,
   labels       [batch] integer labels,
   params       the model's params (the CD loss reads the peer classifier kernels),
   ramp_weight  w(e), the per-epoch ramp-up weight of the distillation terms,
 and `metrics` holds every named term of the loss (unweighted) plus the weights applied, so that
 loss == ce [+ ce_ensemble] + kd_weight * ramp_weight * (kd terms) + cd_weight * cd, exactly.
 
-Temperature T, the weights and the options come from LossSettings, bound by `make_objective(config)`.
+Temperature T, the weights and the options come from LossSettings, bound by mbde_jax.experiment.resolve.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from mbde_jax import losses
-from mbde_jax.data import info as dataset_info
-from mbde_jax.models.online_kd import ModelOutput, OnlineKDModel, classifier_kernels
+from mbde_jax.models.online_kd import ModelOutput, classifier_kernels
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -177,92 +175,3 @@ METHODS: dict[str, Method] = {
                       min_branches=1, deployed="branch_0", fixed_branches=1,
                       description="one network, CE"),
 }
-
-
-def get_method(name: str) -> Method:
-    """Returns the method called `name`, or raises a ValueError listing the valid names."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"config.method: unknown method {name!r}; valid methods are {list(METHODS)}.") from None
-
-
-def num_branches(config: ml_collections.ConfigDict) -> int:
-    """The number of branches the model of `config` has (vanilla always 1), checked against the method."""
-    method = get_method(config.method)
-    if method.fixed_branches is not None:
-        return method.fixed_branches
-    m = config.num_branches
-    if m < method.min_branches:
-        need = (f"at least {method.min_branches - 1} peers plus the group leader"
-                if method.has_leader else f"at least {method.min_branches} branches")
-        raise ValueError(f"config.num_branches: method {method.name!r} needs {need}, i.e. num_branches >= "
-                         f"{method.min_branches}; got {m}.")
-    return m
-
-
-def shared_trunk(config: ml_collections.ConfigDict) -> bool:
-    """config.shared_trunk if set, else the method's default."""
-    if config.shared_trunk is None:
-        return get_method(config.method).shared_trunk
-    return bool(config.shared_trunk)
-
-
-def loss_settings(config: ml_collections.ConfigDict) -> LossSettings:
-    if config.cd_variant not in losses.CD_VARIANTS:
-        raise ValueError(f"config.cd_variant: unknown CD variant {config.cd_variant!r}; valid variants are "
-                         f"{list(losses.CD_VARIANTS)}.")
-    return LossSettings(temperature=config.temperature, kd_weight=config.kd_weight, cd_weight=config.cd_weight,
-                        cd_variant=config.cd_variant, teacher_epsilon=config.kl_teacher_epsilon,
-                        detach_targets=config.detach_targets)
-
-
-def branch_execution(config: ml_collections.ConfigDict) -> str:
-    """How the branches run: config.branch_execution, or for 'auto' the fastest measured on the backend.
-
-    'vmap' lowers the stacked branches to grouped convolutions, which XLA's CPU backend runs 8x slower than
-    plain ones (see README, Performance); 'unrolled' runs one branch after another in the same program. A
-    single branch (vanilla) is a plain network under 'vmap', whereas a length-1 scan leaves XLA:CPU's
-    backward convolutions on its slow generic path (measured 28 against 300 images/s), so it always gets 'vmap'.
-    """
-    if config.branch_execution != "auto":
-        return config.branch_execution
-    if num_branches(config) == 1:
-        return "vmap"
-    return "unrolled" if jax.default_backend() == "cpu" else "vmap"
-
-
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def build_model(config: ml_collections.ConfigDict, dtype=None) -> OnlineKDModel:
-    """The model `config` trains: backbone, branches and the method's heads.
-
-    Args:
-      dtype: compute dtype of convolutions and matmuls; default config.compute_dtype. Parameters, batch-norm
-        statistics and the logits the losses read are float32 whatever it is.
-    """
-    if dtype is None:
-        dtype = COMPUTE_DTYPES[config.get("compute_dtype", "float32")]
-    method = get_method(config.method)
-    m = num_branches(config)
-    shared = shared_trunk(config)
-    return OnlineKDModel(
-        arch=config.arch,
-        num_classes=dataset_info.get_dataset_info(config.dataset).num_classes,
-        num_branches=m,
-        heads=method.heads,
-        shared_trunk=shared,
-        trunk_grad_scale=1.0 / m if (method.scale_trunk_gradient and shared) else 1.0,
-        dropout_rate=config.dropout_rate,
-        attention_reduction=config.attention_reduction,
-        ffm_residual=config.ffm_residual,
-        dtype=dtype,
-        branch_execution=branch_execution(config),
-    )
-
-
-def make_objective(config: ml_collections.ConfigDict) -> Objective:
-    """`config.method`'s objective with the config's loss settings bound."""
-    method = get_method(config.method)
-    return functools.partial(method.objective, settings=loss_settings(config))

@@ -31,6 +31,11 @@ plot_schedule (each returns a matplotlib Figure) and write_report.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mbde_jax.report`: the command line answers before the imports below
+    from mbde_jax import cli
+
+    cli.mbde_report()
+
 import csv
 import dataclasses
 import math
@@ -382,27 +387,10 @@ def write_report(paths: Sequence[str], out_dir: str) -> dict[str, str]:
     return written
 
 
-def _run_cli() -> None:
-    # Flags are defined here, not at import, so the library functions can be imported next to other CLIs.
-    from absl import app, flags
-
-    out_flag = flags.DEFINE_string("out", None, "Output directory; default <path>/report when one path is given.")
-
-    def main(argv):
-        paths = argv[1:]
-        if not paths:
-            raise app.UsageError("give a sweep root or one or more training workdirs")
-        if out_flag.value is None and len(paths) > 1:
-            raise app.UsageError("--out is needed when more than one path is given")
-        out_dir = out_flag.value or os.path.join(paths[0], "report")
-        with cli_errors.one_line_errors("mbde_jax.report"):
-            written = write_report(paths, out_dir)
-        with open(written["results.md"]) as f:
-            print(f.read())
-        print("written:\n" + "\n".join(f"  {path}" for path in written.values()))
-
-    app.run(main)
-
-
-if __name__ == "__main__":
-    _run_cli()
+def main(paths: list[str], out_dir: str) -> None:
+    """The report command (mbde_jax.cli.report parses the flags): writes the report and prints results.md."""
+    with cli_errors.one_line_errors("mbde_jax.report"):
+        written = write_report(paths, out_dir)
+    with open(written["results.md"]) as f:
+        print(f.read())
+    print("written:\n" + "\n".join(f"  {path}" for path in written.values()))

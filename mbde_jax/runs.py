@@ -14,23 +14,11 @@ import json
 import os
 from typing import Sequence
 
-from mbde_jax import provenance
+from mbde_jax import provenance, workdir as run_files
 from mbde_jax.methods import METHODS
 
 # Config fields that may differ between runs of one comparison.
 PER_RUN_FIELDS = ("method", "seed", "data_dir")
-
-
-class UnreadableRunFile(ValueError):
-    """A run's JSON file exists but cannot be read (truncated, not JSON, unreadable)."""
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UnreadableRunFile(f"{path} cannot be read ({type(error).__name__}: {error})") from None
 
 
 @dataclasses.dataclass
@@ -84,7 +72,7 @@ def find_workdirs(paths: Sequence[str]) -> list[str]:
             raise FileNotFoundError(f"{path} is not a directory (give a sweep root or training workdirs)")
         for directory, subdirs, files in os.walk(path):
             subdirs[:] = sorted(d for d in subdirs if d != "checkpoints")  # orbax's tree holds no runs
-            if "config.json" in files:
+            if run_files.CONFIG_FILE in files:
                 found.append(os.path.normpath(directory))
     unique = sorted(set(found))
     if not unique:
@@ -94,14 +82,15 @@ def find_workdirs(paths: Sequence[str]) -> list[str]:
 
 def _load_run(workdir: str) -> Run:
     """Reads a run's files; a file that cannot be read leaves the run out, naming the file and why."""
-    paths = {name: os.path.join(workdir, f"{name}.json") for name in ("config", "history", "results")}
+    paths = {name: os.path.join(workdir, file_name) for name, file_name in (
+        ("config", run_files.CONFIG_FILE), ("history", run_files.HISTORY_FILE), ("results", run_files.RESULTS_FILE))}
     loaded = {"config": {}, "history": [], "results": None}
     unreadable = []
     for name, path in paths.items():
         if name == "config" or os.path.exists(path):
             try:
-                loaded[name] = _read_json(path)
-            except UnreadableRunFile as error:
+                loaded[name] = run_files.read_json(path)
+            except run_files.UnreadableRunFile as error:
                 unreadable.append(str(error))
     run = Run(workdir, **loaded)
     if unreadable:

@@ -65,7 +65,7 @@ def auto_cpu_devices(config: ml_collections.ConfigDict) -> int:
 
     Why 2: XLA:CPU runs each YNNPACK convolution on one core, and a ResNet trunk is a chain of them, so one
     device leaves a core idle for half the step; two devices each run half the batch. More devices only add
-    collectives (measured on 2 cores: 1 device 168, 2 devices 191, 4 devices 183 images/s; README, Performance).
+    collectives (the figures are in the README, Performance).
     """
     if config.cpu_devices:
         return config.cpu_devices

@@ -1,22 +1,24 @@
 """Prints the parameter counts of the model a config describes.
 
-    python -m mbde_jax.summary --config configs/default.py [--config.<field>=<value> ...]
+    mbde-summary --config configs/default.py [--config.<field>=<value> ...]     (or python -m mbde_jax.summary)
 
 Counts come from abstract shapes (jax.eval_shape): nothing is allocated or compiled.
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mbde_jax.summary`: the command line answers before the imports below
+    from mbde_jax import cli
+
+    cli.mbde_summary()
+
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
 
-from mbde_jax import cli_errors, methods
-from mbde_jax.data import info as dataset_info
+from mbde_jax import cli_errors, experiment as experiment_lib
 from mbde_jax.models.online_kd import OnlineKDModel
 
 
@@ -62,8 +64,8 @@ def count_parameters(model: OnlineKDModel, image_shape: tuple[int, int, int]) ->
     )
 
 
-def format_summary(config: ml_collections.ConfigDict, model: OnlineKDModel, counts: ParameterCounts) -> str:
-    info = dataset_info.get_dataset_info(config.dataset)
+def format_summary(experiment: experiment_lib.Experiment, counts: ParameterCounts) -> str:
+    config, model, info = experiment.config, experiment.model, experiment.dataset
     m = counts.num_branches
     trunk_label = ("trunk" if m == 1 else "trunk (shared by all branches)" if model.shared_trunk
                    else "trunk (none: independent networks)")
@@ -85,19 +87,9 @@ def format_summary(config: ml_collections.ConfigDict, model: OnlineKDModel, coun
     return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
+def main(config: ml_collections.ConfigDict) -> None:
+    """The summary command (mbde_jax.cli.summary parses the flags)."""
     with cli_errors.one_line_errors("mbde_jax.summary"):
-        model = methods.build_model(config)
-        counts = count_parameters(model, dataset_info.get_dataset_info(config.dataset).image_shape)
-    print(format_summary(config, model, counts))
-
-
-if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+        experiment = experiment_lib.resolve(config)
+        counts = count_parameters(experiment.model, experiment.dataset.image_shape)
+    print(format_summary(experiment, counts))

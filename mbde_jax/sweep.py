@@ -1,13 +1,13 @@
 """Runs every method x seed of one config, one run after another, each in its own workdir.
 
-    python -m mbde_jax.sweep --config configs/cifar100_resnet32.py --methods mbde,okddip --seeds 0,1,2 \\
+    mbde-sweep --config configs/cifar100_resnet32.py --methods mbde,okddip --seeds 0,1,2 \\
         --workdir workdirs/c100_r32 [--config.<field>=<value> ...] [--dry_run]
 
 Layout: the run of method M and seed S lives in <workdir>/M/seed_S/ (a normal training workdir: config.json,
 history.json, results.json, checkpoints/, TensorBoard events), so `python -m mbde_jax.report <workdir>` finds
 every run of the sweep.
 
-Each run is `mbde_jax.train.train_and_evaluate` on a copy of the config with `method` and `seed` replaced, in
+Each run is `mbde_jax.training.run_experiment` of a copy of the config with `method` and `seed` replaced, in
 this process, on every device it sees; in a multi-process run (the launch flags of train.py: every process runs
 the same sweep command) each run spans every process. Starting the same sweep again:
   * skips a finished run: results.json reports the config's last epoch and config.json equals the config;
@@ -20,18 +20,22 @@ non-finite loss) does not stop the others; the sweep exits with an error naming 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mbde_jax.sweep`: the command line answers before the imports below
+    from mbde_jax import cli
+
+    cli.mbde_sweep()
+
 import dataclasses
-import json
 import os
 import sys
 import time
 import traceback
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 from absl import logging
 
-from mbde_jax import cli_errors, config_validation, distributed, lifecycle, methods, sharding
+from mbde_jax import cli_errors, distributed, lifecycle, logs, methods, workdir as run_files
 
 # Fields in which a finished run's config.json may differ from the sweep's config and still be skipped as this
 # sweep's run: where the data was read from does not change what was trained.
@@ -55,15 +59,6 @@ def run_config(config: ml_collections.ConfigDict, method: str, seed: int) -> ml_
     return copy
 
 
-def _jsonable(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(config.to_json())
-
-
-def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
-
-
 def _latest_checkpoint_step(workdir: str) -> int | None:
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         return None
@@ -81,6 +76,7 @@ class PlannedRun:
     """One method x seed of a sweep and what the sweep will do with it.
 
     Attributes:
+      experiment: the run's config, resolved (mbde_jax.experiment.Experiment).
       status: STATUS_FINISHED, STATUS_RESUME or STATUS_NEW before the sweep runs it.
       checkpoint_step: the step a resumed run restarts from.
       outcome: after the sweep: 'skipped', 'trained', 'resumed' or 'failed: <error>'.
@@ -90,6 +86,7 @@ class PlannedRun:
     seed: int
     workdir: str
     config: ml_collections.ConfigDict
+    experiment: Any
     status: str
     checkpoint_step: int | None = None
     outcome: str | None = None
@@ -97,22 +94,19 @@ class PlannedRun:
 
 
 def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
-    path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
-        return False
-    results = _read_json(path)
-    return results.get("num_epochs") == config.num_epochs and results["final"]["epoch"] == config.num_epochs
+    results = run_files.read_if_present(workdir, run_files.RESULTS_FILE)
+    return bool(results) and results.get("num_epochs") == config.num_epochs and \
+        results["final"]["epoch"] == config.num_epochs
 
 
 def _config_conflict(workdir: str, config: ml_collections.ConfigDict, ignored: Sequence[str]) -> str | None:
     """What differs between the workdir's config.json and `config` outside `ignored` (None if nothing, or no
     config.json)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    saved = run_files.read_if_present(workdir, run_files.CONFIG_FILE)
+    if saved is None:
         return None
-    saved, current = _read_json(path), _jsonable(config)
-    fields = [name for name in sorted(set(saved) | set(current))
-              if name not in ignored and saved.get(name, "<absent>") != current.get(name, "<absent>")]
+    current = run_files.config_json(config)
+    fields = run_files.config_differences(saved, current, ignored=tuple(ignored))
     if not fields:
         return None
     return ", ".join(f"{name}: {saved.get(name, '<absent>')!r} there, {current.get(name, '<absent>')!r} now"
@@ -129,9 +123,8 @@ def plan(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: 
     """
     if not method_names or not seeds:
         raise ValueError("the sweep needs at least one method (--methods) and one seed (--seeds)")
-    # Before anything can start JAX's backends (reading a checkpoint does): every run of this sweep, fresh or
-    # resumed, must see the devices a fresh run would.
-    sharding.configure_host_devices(config)
+    from mbde_jax import experiment as experiment_lib  # JAX: imported once the flags are parsed
+
     for name, values in (("methods", method_names), ("seeds", seeds)):
         if len(set(values)) != len(values):
             raise ValueError(f"--{name} lists a value twice: {list(values)}")
@@ -143,7 +136,10 @@ def plan(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: 
         for seed in seeds:
             workdir = run_workdir(root, method, seed)
             config_for_run = run_config(config, method, seed)
-            config_validation.validate(config_for_run)
+            # Each run's config is checked here, once. Resolving splits the host's CPU into devices before
+            # anything (reading a checkpoint) starts JAX's backends, so every run, fresh or resumed, sees the
+            # devices a fresh run would.
+            experiment = experiment_lib.resolve(config_for_run)
             checkpoint_step = _latest_checkpoint_step(workdir)
             finished = _finished(workdir, config_for_run)
             # train_and_evaluate refuses to resume a checkpoint of a config that differs in any field, data_dir
@@ -158,7 +154,7 @@ def plan(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: 
                 status = STATUS_RESUME
             else:
                 status = STATUS_NEW
-            runs.append(PlannedRun(method, seed, workdir, config_for_run, status, checkpoint_step))
+            runs.append(PlannedRun(method, seed, workdir, config_for_run, experiment, status, checkpoint_step))
     if conflicts:
         raise ValueError("these workdirs hold runs of a different config; give the sweep a new --workdir (or "
                          "move them away) rather than mixing experiments:\n  " + "\n  ".join(conflicts))
@@ -175,12 +171,12 @@ def describe(run: PlannedRun) -> str:
 
 
 def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: Sequence[int], root: str, *,
-              train_fn: Callable[[ml_collections.ConfigDict, str], dict] | None = None,
+              train_fn: Callable[[Any, str], dict] | None = None,
               dry_run: bool = False) -> list[PlannedRun]:
     """Plans the sweep (see `plan`), then trains every run that is not finished, one after another.
 
     Args:
-      train_fn: trains one (config, workdir); default mbde_jax.train.train_and_evaluate.
+      train_fn: trains one (experiment, workdir); default mbde_jax.training.run_experiment.
       dry_run: only plan and log what would be done.
     Returns:
       The runs in order, each with its `outcome`. A failed run is logged with its traceback and the others
@@ -195,7 +191,7 @@ def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], se
     if train_fn is None:
         from mbde_jax import training  # TensorFlow, tfds and orbax: imported only when something is trained
 
-        train_fn = training.train_and_evaluate
+        train_fn = training.run_experiment
     for index, run in enumerate(runs, 1):
         if run.status == STATUS_FINISHED:
             run.outcome = "skipped"
@@ -203,7 +199,7 @@ def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], se
         logging.info("sweep run %d/%d: %s", index, len(runs), describe(run))
         started = time.time()
         try:
-            train_fn(run.config, run.workdir)
+            train_fn(run.experiment, run.workdir)
         except lifecycle.TrainingStopped:  # the user asked the whole sweep to stop (SIGTERM/SIGINT)
             run.outcome = "stopped"
             raise
@@ -227,50 +223,23 @@ def _parse_seeds(values: Sequence[str]) -> list[int]:
                          ) from None
 
 
-def _run_cli() -> None:
-    # Flags are defined here, not at import: other modules (train.py) define --config too.
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flag = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                                  lock_config=True)
-    methods_flag = flags.DEFINE_list("methods", None, "Methods to run, comma separated (default: config.method). "
-                                     f"Valid: {','.join(methods.METHODS)}.")
-    seeds_flag = flags.DEFINE_list("seeds", None, "Seeds to run, comma separated (default: config.seed).")
-    workdir_flag = flags.DEFINE_string("workdir", None, "Root of the sweep: run M, seed S goes to <workdir>/M/seed_S.")
-    dry_run_flag = flags.DEFINE_bool("dry_run", False, "Only check the sweep and print what it would do.")
-    launch = distributed.define_flags()  # every process of a multi-process sweep runs the same command
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        from mbde_jax import logs
-
-        logs.quiet_library_info_logs()
-        config = config_flag.value
-        given = {name: flags.FLAGS[name].present for name in ("methods", "seeds")}
-        try:
-            # A bad sweep is one line (cli_errors), without the flag listing of a UsageError.
-            with cli_errors.one_line_errors("mbde_jax.sweep"):
-                distributed.initialize(launch())
-                # A flag given empty (--methods=) is an empty list, refused by plan(); only an absent one defaults.
-                runs = run_sweep(config, methods_flag.value if given["methods"] else [config.method],
-                                 _parse_seeds(seeds_flag.value) if given["seeds"] else [config.seed],
-                                 workdir_flag.value, dry_run=dry_run_flag.value)
-        except lifecycle.TrainingStopped as stopped:  # a signal stopped the run in progress after a checkpoint
-            print(f"{stopped}\nThe sweep stopped there; run the same sweep command again to continue.",
-                  file=sys.stderr)
-            sys.exit(stopped.exit_code)
-        failed = [run for run in runs if run.outcome and run.outcome.startswith("failed")]
-        if failed:
-            raise SystemExit(f"{len(failed)} run(s) failed:\n" + "\n".join(describe(run) for run in failed))
-        if not dry_run_flag.value:
-            print(f"all {len(runs)} runs finished; tables and plots: python -m mbde_jax.report {workdir_flag.value}")
-
-    remaining = cli_errors.parse_flags_or_exit("mbde_jax.sweep", sys.argv)
-    app.run(main, flags_parser=lambda _: remaining)
-
-
-if __name__ == "__main__":
-    _run_cli()
+def main(config: ml_collections.ConfigDict, method_names: Sequence[str] | None, seeds: Sequence[str] | None,
+         root: str, dry_run: bool, launch: Callable[[], distributed.LaunchSettings]) -> None:
+    """The sweep command (mbde_jax.cli.sweep parses the flags): methods and seeds default to the config's."""
+    logs.quiet_library_info_logs()
+    try:
+        # A bad sweep is one line (cli_errors), without the flag listing of a usage error.
+        with cli_errors.one_line_errors("mbde_jax.sweep"):
+            distributed.initialize(launch())
+            # A flag given empty (--methods=) is an empty list, refused by plan(); only an absent one defaults.
+            runs = run_sweep(config, [config.method] if method_names is None else method_names,
+                             [config.seed] if seeds is None else _parse_seeds(seeds), root, dry_run=dry_run)
+    except lifecycle.TrainingStopped as stopped:  # a signal stopped the run in progress after a checkpoint
+        print(f"{stopped}\nThe sweep stopped there; run the same sweep command again to continue.",
+              file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    failed = [run for run in runs if run.outcome and run.outcome.startswith("failed")]
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed:\n" + "\n".join(describe(run) for run in failed))
+    if not dry_run:
+        print(f"all {len(runs)} runs finished; tables and plots: mbde-report {root}")

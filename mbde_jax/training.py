@@ -1,4 +1,4 @@
-"""Training and evaluation: the train state, the sharded jit train step, and train_and_evaluate.
+"""Training and evaluation: the train state, the sharded jit train step, and the training loop.
 
 Parallelism: one 'data' mesh axis over every device of every process; batches are sharded on it, the train
 state is replicated, and jax.jit inserts the gradient all-reduce. Batch-norm statistics are computed over the
@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import os
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import flax
 import jax
@@ -23,13 +21,13 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from mbde_jax import (checkpoint, config_validation, distributed, eval_metrics, input_pipeline, lifecycle, logs,
-                      losses, methods, optim, provenance, sharding, train_metrics)
-from mbde_jax.data import info as dataset_info
+from mbde_jax import (checkpoint, config_validation, distributed, eval_metrics, experiment as experiment_lib,
+                      input_pipeline, lifecycle, logs, optim, provenance, sharding, train_metrics, workdir as run_files)
+from mbde_jax.experiment import Experiment
 from mbde_jax.models.online_kd import OnlineKDModel
 
 
-NonFiniteLossError = train_metrics.NonFiniteLossError  # re-exported: callers catch train.NonFiniteLossError
+NonFiniteLossError = train_metrics.NonFiniteLossError  # re-exported: callers catch training.NonFiniteLossError
 
 
 @flax.struct.dataclass
@@ -58,14 +56,13 @@ def create_train_state(model: OnlineKDModel, tx: optax.GradientTransformation, s
                       opt_state=tx.init(params))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: OnlineKDModel,
-               tx: optax.GradientTransformation, objective: Callable, learning_rate: optax.Schedule,
-               steps_per_epoch: int, rampup_epochs: int, deployed_branch: int, seed: int
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, experiment: Experiment, steps_per_epoch: int
                ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step: a pure function of (state, batch).
 
     The step number lives in the state (so a restored state cannot disagree with it); the dropout key is
-    fold_in(key(seed), step + 1) and the ramp-up weight is that of epoch step // steps_per_epoch.
+    fold_in(key(seed), step + 1); the learning rate and the ramp-up weight are those of epoch
+    step // steps_per_epoch.
 
     Args:
       batch: {'image': float32 [batch, H, W, 3], 'label': int32 [batch]}.
@@ -75,60 +72,63 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: OnlineK
     """
     step = state.step
     epoch = step // steps_per_epoch
-    ramp_weight = losses.rampup_weight(epoch, rampup_epochs)
-    dropout_key = jax.random.fold_in(jax.random.key(seed), step + 1)
+    ramp_weight = experiment.ramp_weight(epoch)
+    dropout_key = jax.random.fold_in(jax.random.key(experiment.config.seed), step + 1)
 
     def loss_fn(params):
-        outputs, updates = model.apply(
+        outputs, updates = experiment.model.apply(
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
             mutable=["batch_stats"], rngs={"dropout": dropout_key})
-        loss, metrics = objective(outputs, batch["label"], params, ramp_weight)
-        return loss, (metrics, updates["batch_stats"], outputs.logits[deployed_branch])
+        loss, metrics = experiment.objective(outputs, batch["label"], params, ramp_weight)
+        return loss, (metrics, updates["batch_stats"], outputs.logits[experiment.deployed_branch])
 
     grads, (metrics, batch_stats, deployed_logits) = jax.grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    directions, opt_state = experiment.optimizer.update(grads, state.opt_state, state.params)
+    learning_rate = experiment.learning_rate(epoch)
+    params = optax.apply_updates(state.params, optim.apply_learning_rate(directions, learning_rate))
     metrics = dict(metrics)
-    metrics["learning_rate"] = jnp.asarray(learning_rate(step), jnp.float32)
+    metrics["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
     metrics["accuracy_deployed"] = 100.0 * jnp.mean(jnp.argmax(deployed_logits, -1) == batch["label"])
     new_state = state.replace(step=step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: OnlineKDModel,
-              method: methods.Method) -> dict[str, jax.Array]:
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, experiment: Experiment) -> dict[str, jax.Array]:
     """Eval-mode forward pass of one padded batch -> sums to accumulate (see eval_metrics.eval_sums)."""
-    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
-    return eval_metrics.eval_sums(outputs, batch["label"], batch["mask"], method)
+    outputs = experiment.model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
+                                     train=False)
+    return eval_metrics.eval_sums(outputs, batch["label"], batch["mask"], experiment.method)
 
 
 class Trainer:
-    """The compiled steps and everything they need, built from one config on one mesh."""
+    """The compiled steps of one experiment on its mesh.
 
-    def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, steps_per_epoch: int):
-        config_validation.validate(config)
-        self.config = config
-        self.mesh = mesh
-        self.method = methods.get_method(config.method)
-        self.model = methods.build_model(config)
-        self.num_branches = self.model.num_branches
+    Args:
+      steps_per_epoch: full batches per epoch of the training data; needed by the train step only (the learning
+        rate and the ramp-up weight are functions of the epoch), so a Trainer that restores and evaluates a
+        run is made without it.
+    """
+
+    def __init__(self, experiment: Experiment, steps_per_epoch: int | None = None):
+        self.experiment = experiment
         self.steps_per_epoch = steps_per_epoch
-        self.image_shape = dataset_info.get_dataset_info(config.dataset).image_shape
-        self.learning_rate = optim.learning_rate_schedule(config, steps_per_epoch)
-        self.tx = optim.make_optimizer(config, steps_per_epoch)
-        replicated = sharding.replicated_sharding(mesh)
-        batched = sharding.batch_sharding(mesh)
-        self._init = jax.jit(functools.partial(create_train_state, self.model, self.tx, config.seed,
-                                               self.image_shape), out_shardings=replicated)
-        step_fn = functools.partial(
-            train_step, model=self.model, tx=self.tx, objective=methods.make_objective(config),
-            learning_rate=self.learning_rate, steps_per_epoch=steps_per_epoch,
-            rampup_epochs=config.rampup_epochs,
-            deployed_branch=eval_metrics.deployed_branch(self.method, self.num_branches), seed=config.seed)
-        self.train_step = jax.jit(step_fn, in_shardings=(replicated, batched),
-                                  out_shardings=(replicated, replicated), donate_argnums=(0,))
-        self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, method=self.method),
+        replicated = sharding.replicated_sharding(experiment.mesh)
+        batched = sharding.batch_sharding(experiment.mesh)
+        self._init = jax.jit(functools.partial(
+            create_train_state, experiment.model, experiment.optimizer, experiment.config.seed,
+            experiment.dataset.image_shape), out_shardings=replicated)
+        self.train_step = self._no_train_step
+        if steps_per_epoch is not None:
+            self.train_step = jax.jit(
+                functools.partial(train_step, experiment=experiment, steps_per_epoch=steps_per_epoch),
+                in_shardings=(replicated, batched), out_shardings=(replicated, replicated), donate_argnums=(0,))
+        self.eval_step = jax.jit(functools.partial(eval_step, experiment=experiment),
                                  in_shardings=(replicated, batched), out_shardings=replicated)
+
+    @staticmethod
+    def _no_train_step(*_):
+        raise TypeError("this Trainer was made without steps_per_epoch, so it can restore and evaluate but "
+                        "not train; pass Trainer(experiment, steps_per_epoch=...).")
 
     def init_state(self) -> TrainState:
         return self._init()
@@ -138,49 +138,32 @@ class Trainer:
 
     def evaluate(self, state: TrainState, batches: Iterator[dict[str, jax.Array]]) -> dict:
         total = eval_metrics.accumulate(self.eval_step(state, batch) for batch in batches)
-        return eval_metrics.summarize(total, self.method, self.num_branches)
+        return eval_metrics.summarize(total, self.experiment.method, self.experiment.num_branches)
 
 
-def _jsonable_config(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(config.to_json())
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Names of the fields whose values differ between two JSON-normalised configs."""
-    names = sorted(set(saved) | set(current))
-    return [n for n in names if saved.get(n, "<absent>") != current.get(n, "<absent>")]
-
-
-def _write_json(path: str, payload: Any) -> None:
-    if jax.process_index() != 0:
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
-
-
-# Fields that shape the checkpointed state: a checkpoint cannot be resumed with other values, even when the
-# user allows a config change (orbax would only report an array shape mismatch).
-STATE_SHAPING_FIELDS = ("dataset", "arch", "num_branches", "method", "shared_trunk", "attention_reduction")
-
-
-def _prepare_workdir(workdir: str) -> None:
+def restore_latest(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | None = None
+                   ) -> tuple[Trainer, TrainState, dict]:
+    """A Trainer of the run's config (config.json) and its latest (or `step`'s) checkpointed state and metadata."""
+    trainer = Trainer(experiment_lib.resolve(run_files.load_config(workdir), mesh=mesh))
+    checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test.{jax.process_index()}")  # processes may share the workdir
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as error:
-        raise config_validation.ConfigError(
-            f"--workdir {workdir}: cannot be used ({error.strerror or error}); give a directory this user can "
-            f"create and write.") from None
+        if checkpointer.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: the run in {workdir} has not "
+                                    f"saved one yet.")
+        state, meta = checkpointer.restore(trainer.abstract_state(), step=step)
+    finally:
+        checkpointer.close()
+    return trainer, state, meta
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
                        ) -> dict:
-    """Trains `config` in `workdir`, resuming from its newest readable checkpoint, and returns results.json's content.
+    """Resolves `config` (experiment.resolve: checked once, here) and runs it in `workdir`; see run_experiment."""
+    return run_experiment(experiment_lib.resolve(config), workdir, allow_config_change=allow_config_change)
+
+
+def run_experiment(experiment: Experiment, workdir: str, *, allow_config_change: bool = False) -> dict:
+    """Trains `experiment` in `workdir`, resuming from its newest readable checkpoint; returns results.json's content.
 
     The workdir receives: config.json, checkpoints/ (orbax), TensorBoard events, history.json (every
     evaluation), config_history.json (every config replaced with --allow_config_change) and, at the end,
@@ -190,15 +173,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
 
     Args:
       allow_config_change: resume even if the workdir's checkpoint was made with a different config (not one
-        that changes the state's shapes: STATE_SHAPING_FIELDS).
+        that changes the state's shapes: run_files.STATE_SHAPING_FIELDS).
     """
-    config_validation.validate(config)
-    sharding.configure_host_devices(config)
     logs.quiet_library_info_logs()
-    _prepare_workdir(workdir)
+    try:
+        run_files.prepare(workdir)
+    except OSError as error:
+        raise config_validation.ConfigError(
+            f"--workdir {workdir}: cannot be used ({error.strerror or error}); give a directory this user can "
+            f"create and write.") from None
     lock = lifecycle.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock, lifecycle.GracefulStop() as stop:
-        return _train_and_evaluate(config, workdir, allow_config_change, stop)
+        return _train_and_evaluate(experiment, workdir, allow_config_change, stop)
 
 
 def _restore_or_init(workdir, trainer, checkpointer, current_config, allow_config_change):
@@ -206,8 +192,8 @@ def _restore_or_init(workdir, trainer, checkpointer, current_config, allow_confi
     if checkpointer.latest_step() is None:
         return trainer.init_state(), {"config": current_config, "history": [], "best": None, "train_seconds": 0.0}
     saved = checkpointer.restore_meta()
-    differences = config_differences(saved["config"], current_config)
-    shaping = [name for name in differences if name in STATE_SHAPING_FIELDS]
+    differences = run_files.config_differences(saved["config"], current_config)
+    shaping = [name for name in differences if name in run_files.STATE_SHAPING_FIELDS]
     if shaping:
         changes = ", ".join(f"{name} {saved['config'].get(name)!r} -> {current_config.get(name)!r}"
                             for name in shaping)
@@ -221,7 +207,7 @@ def _restore_or_init(workdir, trainer, checkpointer, current_config, allow_confi
             f"with the new values.")
     state, meta = checkpointer.restore(trainer.abstract_state())
     if differences and jax.process_index() == 0:
-        path = lifecycle.record_config_change(workdir, meta["config"], int(state.step), differences)
+        path = run_files.record_config_change(workdir, meta["config"], int(state.step), differences)
         logging.warning("config changed (%s) at step %d; the previous config is kept in %s",
                         ", ".join(differences), int(state.step), path)
     meta["config"] = current_config
@@ -229,24 +215,19 @@ def _restore_or_init(workdir, trainer, checkpointer, current_config, allow_confi
     return state, meta
 
 
-def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.GracefulStop) -> dict:
-    mesh = sharding.make_data_mesh()
-    try:
-        sharding.check_batch_divisible(config.batch_size, mesh)
-        sharding.check_batch_divisible(config.eval_batch_size, mesh, field="config.eval_batch_size")
-    except ValueError as error:
-        raise config_validation.ConfigError(str(error)) from None
-    per_device = config.batch_size // mesh.devices.size
+def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, stop: lifecycle.GracefulStop) -> dict:
+    config, mesh = experiment.config, experiment.mesh
+    primary = jax.process_index() == 0  # the one process that writes the workdir's files
     logging.info("global batch %d = %d process(es) x %d device(s) x %d per device", config.batch_size,
-                 jax.process_count(), len(mesh.local_devices), per_device)
+                 jax.process_count(), len(mesh.local_devices), experiment.per_device_batch_size)
     run_provenance = provenance.collect()
     logging.info("made with: %s", provenance.format_provenance(run_provenance))
 
     pipeline = input_pipeline.make_train_pipeline(config, mesh)
-    trainer = Trainer(config, mesh, pipeline.steps_per_epoch)
     steps_per_epoch = pipeline.steps_per_epoch
+    trainer = Trainer(experiment, steps_per_epoch)
     total_steps = config.num_epochs * steps_per_epoch
-    current_config = _jsonable_config(config)
+    current_config = experiment.config_json
 
     checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
@@ -255,9 +236,10 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
         checkpointer.close()
         raise
     last_checkpoint = checkpointer.latest_step()
-    _write_json(os.path.join(workdir, "config.json"), current_config)
+    if primary:
+        run_files.write_config(workdir, current_config)
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = metric_writers.create_default_writer(workdir, just_logging=not primary)
     if int(state.step) == 0:
         writer.write_hparams({k: v for k, v in current_config.items() if isinstance(v, (int, float, str, bool))})
     report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
@@ -288,8 +270,8 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
             config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
             data_dir=config.data_dir, download=config.download))
         entry = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train": pending.epoch_means(),
-                 "learning_rate": float(trainer.learning_rate(step - 1)),
-                 "ramp_weight": float(losses.rampup_weight(epoch, config.rampup_epochs)),
+                 "learning_rate": float(experiment.learning_rate(epoch)),
+                 "ramp_weight": float(experiment.ramp_weight(epoch)),
                  "provenance": run_provenance}
         meta["history"].append(entry)
         if meta["best"] is None or metrics["top1/deployed"] > meta["best"]["metrics"]["top1/deployed"]:
@@ -298,7 +280,8 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
         logging.info("epoch %d/%d: test top-1 %s %.2f%%, peer ensemble %.2f%%, diversity %.4f",
                      epoch + 1, config.num_epochs, metrics["deployed_head"], metrics["top1/deployed"],
                      metrics["top1/peer_ensemble"], metrics["diversity"])
-        _write_json(os.path.join(workdir, "history.json"), meta["history"])
+        if primary:
+            run_files.write_history(workdir, meta["history"])
 
     def evaluates(epoch: int) -> bool:
         return (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs
@@ -366,7 +349,7 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
         "method": config.method,
         "dataset": config.dataset,
         "arch": config.arch,
-        "num_branches": trainer.num_branches,
+        "num_branches": experiment.num_branches,
         "seed": config.seed,
         "deployed_head": final["metrics"]["deployed_head"],
         "num_epochs": config.num_epochs,
@@ -378,5 +361,6 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
         "train_seconds": round(seconds_before + session_seconds, 1),  # every session of this run, resumes included
         "provenance": run_provenance,
     }
-    _write_json(os.path.join(workdir, "results.json"), results)
+    if primary:
+        run_files.write_results(workdir, results)
     return results

@@ -7,8 +7,8 @@
   DenseNet's initialisation and ~3 s with rbg. Runs use jax's default (threefry); no test compares random
   values against a threefry-specific constant.
 * A persistent XLA compilation cache in the temp directory, shared by both test workers and the training
-  subprocesses they start (they inherit the environment): many tests compile the same programs. Measured back
-  to back on 2 cores: 7 min 44 s without it, 4 min 26 s from an empty cache (as in CI). Keys include
+  subprocesses they start (they inherit the environment): many tests compile the same programs, so most
+  compilations after the first are file reads, even from an empty cache (as in CI). Keys include
   the program and the compile options, so a code change can only miss, never reuse a stale executable.
   Unbounded (about 15 MB per version of the code; a size limit needs the `filelock` package, which JAX
   otherwise reports as a cache read error on every entry).

@@ -35,20 +35,27 @@ def test_step_benchmark_reports_every_figure(tmp_path, capsys, command, batch_fi
     assert f"benchmark {command}" in printed and "images/s" in printed and "compile" in printed
 
 
-def test_overrides_are_typed_and_checked():
-    config = benchmark.load_config(TEST_CONFIG, ["--config.num_branches=4", "--config.learning_rate=0.05",
-                                                 "--config.nesterov=false", "--config.shared_trunk=True",
-                                                 "--config.lr_boundaries_epochs=(3, 5)",
-                                                 "--config.compute_dtype=bfloat16"])
+def test_overrides_are_typed_and_checked(monkeypatch):
+    # The benchmark takes --config and --config.<field>= through ml_collections' config_flags, as train.py does.
+    monkeypatch.setattr(benchmark, "run", lambda command, **settings: dict(settings, command=command))
+    settings = benchmark.main(["train", "--config", TEST_CONFIG, "--steps=5", "--config.num_branches=4",
+                               "--config.learning_rate=0.05", "--config.nesterov=false",
+                               "--config.shared_trunk=True", "--config.lr_boundaries_epochs=(3, 5)",
+                               "--config.compute_dtype=bfloat16"])
+    config = settings["config"]
+    assert settings["command"] == "train" and settings["steps"] == 5 and settings["config_file"] == TEST_CONFIG
     assert config.num_branches == 4 and config.learning_rate == 0.05 and config.nesterov is False
     assert config.shared_trunk is True and config.lr_boundaries_epochs == (3, 5)
     assert config.compute_dtype == "bfloat16"
-    with pytest.raises(SystemExit, match="no such field"):
-        benchmark.load_config(TEST_CONFIG, ["--config.no_such_field=1"])
+    assert settings["overrides"][0] == "--config.num_branches=4" and len(settings["overrides"]) == 6
+    with pytest.raises(SystemExit, match="no config field 'no_such_field'"):
+        benchmark.main(["train", "--config", TEST_CONFIG, "--config.no_such_field=1"])
     with pytest.raises(SystemExit, match="num_branches"):
-        benchmark.load_config(TEST_CONFIG, ["--config.num_branches=four"])
-    with pytest.raises(SystemExit, match="unrecognised argument"):
-        benchmark.load_config(TEST_CONFIG, ["--steps=3"])
+        benchmark.main(["train", "--config", TEST_CONFIG, "--config.num_branches=four"])
+    with pytest.raises(SystemExit, match="Unknown command line flag 'stepz'"):
+        benchmark.main(["train", "--config", TEST_CONFIG, "--stepz=3"])
+    with pytest.raises(SystemExit, match="one of train, eval, input; got 'tran'"):
+        benchmark.main(["tran", "--config", TEST_CONFIG])
 
 
 def test_an_invalid_config_is_a_one_line_error_not_a_traceback():

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbde_jax import config_utils, methods, sharding, training
+from mbde_jax import config_utils, experiment, methods, sharding, training
 from mbde_jax.models import ffm
 from mbde_jax.models import layers
 
@@ -30,7 +30,7 @@ def _config(**overrides):
 
 def _loss_and_grads(config, variables):
     """Loss, logits, updated batch statistics and parameter gradients of one training forward/backward."""
-    model, objective = methods.build_model(config), methods.make_objective(config)
+    model, objective = experiment.resolve(config).model, experiment.resolve(config).objective
 
     def loss(params):
         outputs, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, IMAGES,
@@ -42,7 +42,7 @@ def _loss_and_grads(config, variables):
 
 
 def _initial_variables(config):
-    trainer = training.Trainer(config, sharding.make_data_mesh(), steps_per_epoch=1)
+    trainer = training.Trainer(experiment.resolve(config))
     state = trainer.init_state()
     return {"params": state.params, "batch_stats": state.batch_stats}
 
@@ -71,9 +71,9 @@ def test_branch_executions_agree(method):
 
 def test_auto_branch_execution_is_unrolled_on_cpu_and_vmap_for_one_branch():
     assert jax.default_backend() == "cpu"
-    assert methods.build_model(_config(branch_execution="auto")).branch_execution == "unrolled"
-    assert methods.build_model(_config(method="vanilla", branch_execution="auto")).branch_execution == "vmap"
-    assert methods.build_model(_config(method="vanilla", branch_execution="scan")).branch_execution == "scan"
+    assert experiment.resolve(_config(branch_execution="auto")).model.branch_execution == "unrolled"
+    assert experiment.resolve(_config(method="vanilla", branch_execution="auto")).model.branch_execution == "vmap"
+    assert experiment.resolve(_config(method="vanilla", branch_execution="scan")).model.branch_execution == "scan"
 
 
 def test_relu_matches_nn_relu_and_its_gradient():

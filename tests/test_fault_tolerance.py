@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from mbde_jax import checkpoint, config_validation, input_pipeline, lifecycle, training
-from mbde_jax import workdir as workdir_lib
+from mbde_jax import workdir as run_files
 from test_train import NUM_EXAMPLES, ROOT, STEPS_PER_EPOCH, _config, _run_subprocess, _train
 
 
 def _leaves_equal(workdir_a: str, workdir_b: str) -> None:
-    _, state_a, _ = workdir_lib.restore_latest(workdir_a)
-    _, state_b, _ = workdir_lib.restore_latest(workdir_b)
+    _, state_a, _ = training.restore_latest(workdir_a)
+    _, state_b, _ = training.restore_latest(workdir_b)
     leaves_a, leaves_b = jax.tree_util.tree_leaves(state_a), jax.tree_util.tree_leaves(state_b)
     assert len(leaves_a) == len(leaves_b) > 0
     for a, b in zip(leaves_a, leaves_b):
@@ -193,7 +193,7 @@ def test_config_history_and_accumulated_train_seconds(two_epoch_run, tmp_path):
         with pytest.raises(config_validation.ConfigError, match=r"other shapes \(num_branches 3 -> 4\)"):
             training.train_and_evaluate(_config(checkpoint_every_minutes=0, num_epochs=3, num_branches=4), str(copy),
                                      allow_config_change=True)
-    (change,) = _read(copy, lifecycle.CONFIG_HISTORY_FILE)
+    (change,) = _read(copy, run_files.CONFIG_HISTORY_FILE)
     assert change["replaced_at_step"] == 2 * STEPS_PER_EPOCH and change["changed_fields"] == ["num_epochs"]
     assert change["config"]["num_epochs"] == 2 and _read(copy, "config.json")["num_epochs"] == 3
     assert 0 < seconds_at_checkpoint <= results["train_seconds"]
@@ -288,7 +288,7 @@ def test_a_failed_save_removes_its_partial_checkpoint(two_epoch_run, tmp_path, m
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
     checkpointer = checkpoint.Checkpointer(str(copy))
-    _, state, meta = workdir_lib.restore_latest(str(copy))
+    _, state, meta = training.restore_latest(str(copy))
 
     def disk_full(step, args, force):
         (copy / "checkpoints" / f"{step}.orbax-checkpoint-tmp-99").mkdir()  # what orbax had written so far

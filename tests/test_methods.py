@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 
-from mbde_jax import losses, methods
+from mbde_jax import experiment, losses, methods
 from mbde_jax.models.online_kd import classifier_kernels
 from test_ffm import FFM_PARAMS, np_attention, np_ffm
 from test_losses import np_cd, np_cd_gradient, np_cross_entropy, np_kl, np_softmax
@@ -104,7 +104,7 @@ def _gradients(model, variables, objectives):
 
 
 def _loss(config):
-    objective = methods.make_objective(config)
+    objective = experiment.resolve(config).objective
     return lambda *args: objective(*args)[0]
 
 
@@ -116,7 +116,7 @@ def _mbde_gradients():
     CE and KD terms are the same in both, so their gradients cancel (up to float32 rounding, CANCELLATION)
     and CD's gradient is left.
     """
-    model = methods.build_model(make_config("mbde", **SETTINGS))
+    model = experiment.resolve(make_config("mbde", **SETTINGS)).model
     with_cd, without_cd = (_loss(make_config("mbde", **{**SETTINGS, "cd_weight": w})) for w in (1.0, 0.0))
     objectives = {
         "default": _loss(make_config("mbde", **SETTINGS)),
@@ -154,9 +154,9 @@ def np_terms(method, outputs, params, config, ramp):
 
 def _run_objective(method, ramp=RAMP, **overrides):
     config = make_config(method, **{**SETTINGS, **overrides})
-    model = methods.build_model(config)
+    model = experiment.resolve(config).model
     params, outputs = _variables(model)["params"], _outputs(model)
-    loss, metrics = methods.make_objective(config)(outputs, LABELS, params, ramp)
+    loss, metrics = experiment.resolve(config).objective(outputs, LABELS, params, ramp)
     return config, model, params, outputs, loss, metrics
 
 
@@ -234,7 +234,7 @@ class GradientFlowTest(parameterized.TestCase):
 
     def test_cd_gradient_reaches_every_peer_classifier_and_never_the_leader(self):
         grads = _mbde_gradients()["cd_only"]
-        kernels = classifier_kernels(_variables(methods.build_model(make_config("mbde")))["params"])
+        kernels = classifier_kernels(_variables(experiment.resolve(make_config("mbde")).model)["params"])
         kernel_grads = classifier_kernels(grads)
         np.testing.assert_allclose(kernel_grads[:-1], np_cd_gradient(kernels[:-1]), rtol=1e-4, atol=1e-6)
         for peer in range(len(kernel_grads) - 1):
@@ -252,7 +252,7 @@ class GradientFlowTest(parameterized.TestCase):
 
     def test_clilr_divides_the_trunk_gradient_by_m(self):
         config = make_config("clilr", **SETTINGS)
-        model = methods.build_model(config)
+        model = experiment.resolve(config).model
         self.assertEqual(model.trunk_grad_scale, 1.0 / config.num_branches)
         unscaled = dataclasses.replace(model, trunk_grad_scale=1.0)
         variables = _variables(model)
@@ -288,16 +288,15 @@ class OneGateTest(parameterized.TestCase):
 
 class ConfigTest(parameterized.TestCase):
 
-    @parameterized.parameters(methods.build_model, methods.make_objective)
-    def test_unknown_method_lists_valid_ones(self, build):
-        with self.assertRaisesRegex(ValueError, "unknown method 'mbdee'") as raised:
-            build(make_config("mbdee"))
+    def test_unknown_method_lists_valid_ones(self):
+        with self.assertRaisesRegex(ValueError, "config.method='mbdee': must be one of") as raised:
+            experiment.resolve(make_config("mbdee"))
         for method in ALL_METHODS:
             self.assertIn(repr(method), str(raised.exception))
 
     def test_unknown_cd_variant_lists_valid_ones(self):
-        with self.assertRaisesRegex(ValueError, "unknown CD variant 'rows'") as raised:
-            methods.make_objective(make_config("mbde", cd_variant="rows"))
+        with self.assertRaisesRegex(ValueError, "config.cd_variant='rows': must be one of") as raised:
+            experiment.resolve(make_config("mbde", cd_variant="rows")).objective
         for variant in ("classes", "features", "classes_squared", "features_squared", "cosine"):
             self.assertIn(repr(variant), str(raised.exception))
 
@@ -305,12 +304,13 @@ class ConfigTest(parameterized.TestCase):
                               *[(method, 2) for method in ("one", "clilr", "dml")])
     def test_too_few_branches_are_rejected(self, method, minimum):
         with self.assertRaisesRegex(ValueError, f"num_branches >= {minimum}; got {minimum - 1}"):
-            methods.build_model(make_config(method, num_branches=minimum - 1))
-        self.assertEqual(methods.build_model(make_config(method, num_branches=minimum)).num_branches, minimum)
+            experiment.resolve(make_config(method, num_branches=minimum - 1)).model
+        self.assertEqual(experiment.resolve(make_config(method, num_branches=minimum)).model.num_branches,
+                         minimum)
 
     def test_single_network_methods(self):
-        self.assertEqual(methods.build_model(make_config("individual", num_branches=1)).num_branches, 1)
-        self.assertEqual(methods.build_model(make_config("vanilla", num_branches=4)).num_branches, 1)
+        self.assertEqual(experiment.resolve(make_config("individual", num_branches=1)).model.num_branches, 1)
+        self.assertEqual(experiment.resolve(make_config("vanilla", num_branches=4)).model.num_branches, 1)
 
     @parameterized.parameters(("mbde", "ffm_attention", True, 1.0), ("mbde_no_cd", "ffm_attention", True, 1.0),
                               ("okddip", "attention", True, 1.0), ("mbde_no_ffm", "attention", True, 1.0),
@@ -318,25 +318,26 @@ class ConfigTest(parameterized.TestCase):
                               ("dml", "none", False, 1.0), ("individual", "none", True, 1.0),
                               ("vanilla", "none", True, 1.0))
     def test_each_method_builds_its_model(self, method, heads, shared_trunk, trunk_grad_scale):
-        model = methods.build_model(make_config(method))
+        model = experiment.resolve(make_config(method)).model
         self.assertEqual((model.heads, model.shared_trunk, model.trunk_grad_scale, model.num_classes),
                          (heads, shared_trunk, trunk_grad_scale, 10))
 
     def test_clilr_on_separate_networks_rescales_nothing(self):
-        self.assertEqual(methods.build_model(make_config("clilr", shared_trunk=False)).trunk_grad_scale, 1.0)
+        self.assertEqual(experiment.resolve(make_config("clilr", shared_trunk=False)).model.trunk_grad_scale, 1.0)
 
     def test_loss_settings_follow_the_config(self):
         # The dataclass defaults are the config's defaults ...
-        self.assertEqual(methods.loss_settings(make_config("mbde")), methods.LossSettings())
+        self.assertEqual(experiment.resolve(make_config("mbde")).objective.keywords["settings"],
+                         methods.LossSettings())
         # ... and every field is read from the config.
         fields = dict(temperature=4.0, kd_weight=0.5, cd_weight=2.0, cd_variant="cosine", teacher_epsilon=0.0,
                       detach_targets=True)
         config = make_config("mbde", **{("kl_teacher_epsilon" if name == "teacher_epsilon" else name): value
                                         for name, value in fields.items()})
-        self.assertEqual(methods.loss_settings(config), methods.LossSettings(**fields))
+        self.assertEqual(experiment.resolve(config).objective.keywords["settings"], methods.LossSettings(**fields))
 
     def test_mbde_heads_have_the_expected_size(self):
-        params = _variables(methods.build_model(make_config("mbde")))["params"]
+        params = _variables(experiment.resolve(make_config("mbde")).model)["params"]
         count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
         self.assertEqual(count(params["ffm"]), FFM_PARAMS)
         self.assertEqual(count(params["peer_attention"]), 2 * 64 * (64 // 8))

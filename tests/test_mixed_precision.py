@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbde_jax import config_utils, methods, sharding, training
+from mbde_jax import config_utils, experiment, methods, sharding, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMAGES = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 3)), jnp.float32)
@@ -29,7 +29,7 @@ def _variables(model):
 
 
 def _loss_fn(config):
-    model, objective = methods.build_model(config), methods.make_objective(config)
+    model, objective = experiment.resolve(config).model, experiment.resolve(config).objective
     variables = _variables(model)
 
     def loss(params):
@@ -79,15 +79,15 @@ def test_bfloat16_keeps_parameters_statistics_logits_and_loss_in_float32():
 def test_bfloat16_loss_is_close_to_float32():
     value32 = _loss_fn(_config())[0]
     value16 = _loss_fn(_config(compute_dtype="bfloat16"))[0]
-    params = _variables(methods.build_model(_config()))["params"]
+    params = _variables(experiment.resolve(_config()).model)["params"]
     np.testing.assert_allclose(value16(params)[0], value32(params)[0], rtol=2e-2)
 
 
 def test_float32_is_the_default_and_unchanged():
     config = _config()
     assert config.compute_dtype == "float32"
-    model = methods.build_model(config)
-    assert model == methods.build_model(config, dtype=jnp.float32)
+    model = experiment.resolve(config).model
+    assert model == experiment.resolve(config).model.clone(dtype=jnp.float32)
     loss, variables = _loss_fn(config)
     jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(variables["params"]).jaxpr
     for eqn in _equations(jaxpr, "conv_general_dilated") + _equations(jaxpr, "dot_general"):
@@ -97,7 +97,7 @@ def test_float32_is_the_default_and_unchanged():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_train_step_keeps_a_float32_state(dtype):
     config = _config(compute_dtype=dtype)
-    trainer = training.Trainer(config, sharding.make_data_mesh(), steps_per_epoch=4)
+    trainer = training.Trainer(experiment.resolve(config), steps_per_epoch=4)
     state = trainer.init_state()
     batch = {"image": jnp.tile(IMAGES, (2, 1, 1, 1)), "label": jnp.tile(LABELS, 2)}
     state, metrics = trainer.train_step(state, batch)

@@ -19,8 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from mbde_jax import distributed
-from mbde_jax import workdir as workdir_lib
+from mbde_jax import distributed, training
 from test_train import NUM_EXAMPLES, ROOT, STEPS_PER_EPOCH
 
 HEARTBEAT_S = 10
@@ -127,7 +126,7 @@ def test_two_processes_equal_one_process_and_resume_exactly(tmp_path):
     assert not list((tmp_path / "double").glob("*.tmp"))
 
     # The two-process checkpoints restore in this (single) process; they equal the single-process state.
-    states = [workdir_lib.restore_latest(str(tmp_path / name))[1] for name in ("single", "double", "stopped")]
+    states = [training.restore_latest(str(tmp_path / name))[1] for name in ("single", "double", "stopped")]
     for single, double, resumed in zip(*(jax.tree_util.tree_leaves(state) for state in states)):
         np.testing.assert_allclose(np.asarray(single), np.asarray(double), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(np.asarray(double), np.asarray(resumed))

@@ -41,10 +41,10 @@ def _recording_training():
         trained[current[-1]].append([epoch, start_batch])
         return original(self, epoch, start_batch)
 
-    def train_fn(config, workdir):
+    def train_fn(experiment, workdir):
         current.append(workdir)
         trained[workdir] = []
-        return training.train_and_evaluate(config, workdir)
+        return training.run_experiment(experiment, workdir)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(input_pipeline.TrainPipeline, "epoch_batches", epoch_batches)

@@ -15,8 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-from mbde_jax import (checkpoint, config_utils, config_validation, input_pipeline, losses, methods, optim, provenance, sharding, training)
-from mbde_jax import workdir as workdir_lib
+from mbde_jax import (checkpoint, config_utils, config_validation, experiment, input_pipeline, losses, methods,
+                      optim, provenance, sharding, training)
 from mbde_jax.evaluate import evaluate_workdir, format_metrics
 from mbde_jax.export import export_deployed, load_deployed
 
@@ -60,7 +60,7 @@ def test_two_epochs_of_every_method(tmp_path, method):
     assert results["final"]["epoch"] == 2 and results["steps"] == 2 * STEPS_PER_EPOCH
     assert final["num_examples"] == NUM_EXAMPLES
     m = 1 if method == "vanilla" else 3
-    has_leader = methods.get_method(method).has_leader
+    has_leader = methods.METHODS[method].has_leader
     branch_names = ([f"peer_{i}" for i in range(m - 1)] + ["leader"]) if has_leader else \
         [f"branch_{i}" for i in range(m)]
     for head in branch_names + ["peer_ensemble", "peer_mean", "deployed"]:
@@ -134,7 +134,7 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path):
     for name in ("straight", "resumed"):
         workdir = str(tmp_path / name)
         results = json.loads(pathlib.Path(workdir, "results.json").read_text())
-        _, state, _ = workdir_lib.restore_latest(workdir)
+        _, state, _ = training.restore_latest(workdir)
         final[name] = (results, state, json.loads(pathlib.Path(workdir, "history.json").read_text()))
     (results_a, state_a, history_a), (results_b, state_b, history_b) = final["straight"], final["resumed"]
     assert results_a["final"] == results_b["final"] and results_a["best"] == results_b["best"]
@@ -167,7 +167,7 @@ def test_loss_trajectory_does_not_depend_on_the_device_count(tmp_path):
 
 def test_optimizer_matches_a_pytorch_style_nesterov_update():
     config = _config(learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
-    tx = optim.make_optimizer(config, steps_per_epoch=10)
+    tx = experiment.resolve(config).optimizer
     rng = np.random.default_rng(0)
     p = rng.normal(size=(5, 3)).astype(np.float32)
     grads = [rng.normal(size=(5, 3)).astype(np.float32) for _ in range(3)]
@@ -179,18 +179,16 @@ def test_optimizer_matches_a_pytorch_style_nesterov_update():
         d = g + wd * p
         buf = mu * buf + d
         p = p - lr * (d + mu * buf)
-        updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
-        params = optax.apply_updates(params, updates)
+        directions, state = tx.update({"w": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, optim.apply_learning_rate(directions, jnp.float32(0.1)))
         np.testing.assert_allclose(np.asarray(params["w"]), p, rtol=0, atol=1e-7)
 
 
 def test_learning_rate_schedule_epochs():
     config = _config(learning_rate=0.1, lr_boundaries_epochs=(150, 225), lr_decay_factor=0.1)
-    schedule = optim.learning_rate_schedule(config, steps_per_epoch=390)
-    lr_of_epoch = lambda epoch: float(schedule(epoch * 390))  # 0-based epoch's first step  # noqa: E731
-    last_step_of = lambda epoch: float(schedule(epoch * 390 + 389))  # noqa: E731
-    np.testing.assert_allclose([lr_of_epoch(0), last_step_of(147), last_step_of(148)], 0.1, rtol=1e-6)
-    np.testing.assert_allclose([lr_of_epoch(149), last_step_of(223)], 0.01, rtol=1e-6)
+    lr_of_epoch = lambda epoch: float(experiment.resolve(config).learning_rate(epoch))  # 0-based  # noqa: E731
+    np.testing.assert_allclose([lr_of_epoch(0), lr_of_epoch(147), lr_of_epoch(148)], 0.1, rtol=1e-6)
+    np.testing.assert_allclose([lr_of_epoch(149), lr_of_epoch(223)], 0.01, rtol=1e-6)
     np.testing.assert_allclose([lr_of_epoch(224), lr_of_epoch(299)], 0.001, rtol=1e-6)
 
 

@@ -1,7 +1,5 @@
-"""`python -m mbde_jax.data prepare <dataset>`: see mbde_jax/data/cli.py."""
+"""`python -m mbde_jax.data prepare <dataset>`: the same command as `mbde-data` (see mbde_jax/data/cli.py)."""
 
-import sys
+from mbde_jax import cli
 
-from mbde_jax.data import cli
-
-sys.exit(cli.main(sys.argv[1:]))
+cli.mbde_data()

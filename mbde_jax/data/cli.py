@@ -1,6 +1,6 @@
 """Dataset preparation from the command line.
 
-    python -m mbde_jax.data prepare <dataset> [--data_dir DIR] [--manual_dir DIR]
+    mbde-data prepare <dataset> [--data_dir DIR] [--manual_dir DIR]      (or python -m mbde_jax.data prepare ...)
 
 prepares a dataset ahead of training (downloads it, or reads CINIC-10.tar.gz from the manual directory, and
 writes the tfds files) and prints where it went and how big it is. Training would prepare a missing dataset
@@ -13,10 +13,8 @@ Edinburgh DataShare or placed in the manual directory), digits (scikit-learn's b
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
 
 from mbde_jax.data import info as dataset_info
 
@@ -33,48 +31,31 @@ def _human_bytes(num_bytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _prepare_command(args: argparse.Namespace) -> int:
+def prepare_command(dataset: str, data_dir: str | None, manual_dir: str | None) -> int:
+    """Prepares `dataset` and prints where it is and how big; 1 with one line on stderr when it cannot."""
+    try:
+        dataset_info.get_dataset_info(dataset)
+    except ValueError as error:
+        raise SystemExit(f"mbde_jax.data: error: {error}") from None
     # Imported here so that `--help` and a misspelt dataset answer without loading TensorFlow.
     from mbde_jax import input_pipeline  # pylint: disable=import-outside-toplevel
     from mbde_jax.data import cinic10  # pylint: disable=import-outside-toplevel
 
     try:
-        builder = input_pipeline.prepare(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir)
+        builder = input_pipeline.prepare(dataset, data_dir=data_dir, manual_dir=manual_dir)
     except (input_pipeline.DatasetUnavailableError, cinic10.ArchiveError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     splits = builder.info.splits
-    print(f"{args.dataset} (tfds {builder.name} {builder.version}) is prepared in {builder.data_dir}: "
+    print(f"{dataset} (tfds {builder.name} {builder.version}) is prepared in {builder.data_dir}: "
           f"{_human_bytes(_directory_bytes(builder.data_dir))} on disk.")
     for name in sorted(splits.keys()):
         print(f"  {name}: {splits[name].num_examples:,} examples")
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mbde_jax.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    prepare = subparsers.add_parser("prepare", help="download (if needed) and prepare a dataset")
-    prepare.add_argument("dataset", help=f"one of {', '.join(sorted(dataset_info.DATASETS))}")
-    prepare.add_argument("--data_dir", default=None,
-                         help="tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    prepare.add_argument("--manual_dir", default=None,
-                         help="directory holding a manually downloaded CINIC-10.tar.gz "
-                              "(default: <data_dir>/downloads/manual)")
-    prepare.set_defaults(run=_prepare_command)
-    return parser
+def main(argv: list[str]) -> int:
+    """The command from Python: argv without the program name, e.g. ['prepare', 'digits', '--data_dir', D]."""
+    from mbde_jax import cli  # pylint: disable=import-outside-toplevel
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        dataset_info.get_dataset_info(args.dataset)
-    except ValueError as e:
-        parser.error(str(e))
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    return cli.data(["mbde_jax.data", *argv])

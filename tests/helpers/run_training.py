@@ -30,7 +30,7 @@ def main(args: dict) -> None:
 
     logging.set_verbosity(logging.INFO)  # the tests read "resumed from step N"
 
-    from mbde_jax import checkpoint, config_utils, input_pipeline, lifecycle, sharding, training
+    from mbde_jax import checkpoint, config_utils, experiment, input_pipeline, lifecycle, sharding, training
 
     config = config_utils.load_sibling(str(ROOT / "configs" / "test.py"), "test").get_config()
     config.update_from_flattened_dict(args.get("overrides", {}))
@@ -76,7 +76,7 @@ def main(args: dict) -> None:
             mesh = sharding.make_data_mesh()
             pipeline = input_pipeline.TrainPipeline(config.dataset, global_batch_size=config.batch_size,
                                                     seed=config.seed, mesh=mesh, download=False)
-            trainer = training.Trainer(config, mesh, pipeline.steps_per_epoch)
+            trainer = training.Trainer(experiment.resolve(config, mesh=mesh), pipeline.steps_per_epoch)
             state = trainer.init_state()
             losses = []
             for batch in pipeline.epoch_batches(0):
