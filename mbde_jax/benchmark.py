@@ -259,7 +259,7 @@ def _step_command(args: argparse.Namespace) -> dict:
     batch_size = config.batch_size if training else config.eval_batch_size
     state = trainer.init_state()
     batch = _synthetic_batch(config, batch_size, mesh, args.seed, with_mask=not training)
-    step = training.train_step if training else training.eval_step
+    step = trainer.train_step if training else trainer.eval_step
     with _persistent_cache_hits() as cache_hits:
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()

@@ -331,7 +331,7 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
             evaluate(start_epoch - 1)
         for epoch in range(start_epoch, config.num_epochs):
             for batch in pipeline.epoch_batches(epoch, start_batch):
-                state, metrics = training.train_step(state, batch)
+                state, metrics = trainer.train_step(state, batch)
                 pending.add(step, metrics)
                 step += 1
                 report_progress(step)

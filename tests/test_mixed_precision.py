@@ -100,7 +100,7 @@ def test_train_step_keeps_a_float32_state(dtype):
     trainer = training.Trainer(config, sharding.make_data_mesh(), steps_per_epoch=4)
     state = trainer.init_state()
     batch = {"image": jnp.tile(IMAGES, (2, 1, 1, 1)), "label": jnp.tile(LABELS, 2)}
-    state, metrics = training.train_step(state, batch)
+    state, metrics = trainer.train_step(state, batch)
     assert np.isfinite(float(metrics["loss"])) and metrics["loss"].dtype == jnp.float32
     for leaf in jax.tree.leaves((state.params, state.batch_stats, state.opt_state)):
         if jnp.issubdtype(leaf.dtype, jnp.floating):

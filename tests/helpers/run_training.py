@@ -80,7 +80,7 @@ def main(args: dict) -> None:
             state = trainer.init_state()
             losses = []
             for batch in pipeline.epoch_batches(0):
-                state, metrics = training.train_step(state, batch)
+                state, metrics = trainer.train_step(state, batch)
                 losses.append(float(metrics["loss"]))
                 if len(losses) == args["steps"]:
                     break
