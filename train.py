@@ -1,6 +1,8 @@
 """Trains and evaluates one experiment.
 
-    python train.py --config configs/<experiment>.py --workdir <dir> [--config.<field>=<value> ...]
+    python train.py --config configs/<experiment>.py[:<arg>] --workdir <dir> [--config.<field>=<value> ...]
+
+e.g. --config configs/paper.py:cifar100,resnet32 (the text after ':' goes to that file's get_config).
 
 Starting again with the same --workdir resumes from its latest checkpoint. Several processes (hosts): every
 process runs the same command, with --coordinator_address, --num_processes and --process_id (or on SLURM, Open
@@ -12,9 +14,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mbde_jax import distributed
+from mbde_jax import config_utils, distributed
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, config_utils.CONFIG_FLAG_HELP, lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume a workdir whose checkpoint was made with a different config.")

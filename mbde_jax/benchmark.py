@@ -1,8 +1,8 @@
 """Throughput measurements, one subcommand each.
 
-    python -m mbde_jax.benchmark train --config configs/cifar100_resnet32.py [--config.<field>=<value> ...]
+    python -m mbde_jax.benchmark train --config configs/paper.py:cifar100,resnet32 [--config.<field>=<value> ...]
                                        [--steps 20] [--warmup 3] [--json out.json]
-    python -m mbde_jax.benchmark eval --config configs/cifar100_resnet32.py [--steps 20] [--json out.json]
+    python -m mbde_jax.benchmark eval --config configs/paper.py:cifar100,resnet32 [--steps 20] [--json out.json]
     python -m mbde_jax.benchmark input --dataset digits
     python -m mbde_jax.benchmark input --dataset cifar10 --data mock --mock_examples 20000 [--input_on_device]
 
@@ -65,7 +65,10 @@ def load_config(config_file: str, overrides: Sequence[str]):
     """get_config() of `config_file` with '--config.<field>=<value>' overrides applied (unknown fields refused)."""
     from mbde_jax import config_utils  # pylint: disable=import-outside-toplevel
 
-    config = config_utils.load_config(config_file)
+    try:
+        config = config_utils.load_config(config_file)
+    except (OSError, TypeError, ValueError) as error:  # a missing file, or a config's own refusal of its argument
+        raise SystemExit(f"error: --config {config_file}: {error}") from None
     for item in overrides:
         if not item.startswith("--config.") or "=" not in item:
             raise SystemExit(f"error: unrecognised argument {item!r}; fields are set as --config.<field>=<value>.")
@@ -349,7 +352,8 @@ def _parser() -> argparse.ArgumentParser:
         step_parser = subparsers.add_parser(
                 name, help=help_text,
                 description=f"{help_text}; fields are overridden with --config.<field>=<value>.")
-        step_parser.add_argument("--config", required=True, help="a config file, e.g. configs/cifar100_resnet32.py")
+        step_parser.add_argument("--config", required=True,
+                                 help="a config file, e.g. configs/paper.py:cifar100,resnet32")
         step_parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
         step_parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling (default 3)")
         step_parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic batch")

@@ -1,6 +1,7 @@
 """Prints the parameter counts of the model a config describes.
 
     python -m mbde_jax.summary --config configs/default.py [--config.<field>=<value> ...]
+    python -m mbde_jax.summary --config configs/paper.py:cifar10,wrn20_8
 
 Counts come from abstract shapes (jax.eval_shape): nothing is allocated or compiled.
 """
@@ -8,6 +9,7 @@ Counts come from abstract shapes (jax.eval_shape): nothing is allocated or compi
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mbde_jax import cli_errors, methods
+from mbde_jax import cli_errors, config_utils, methods
 from mbde_jax.data import info as dataset_info
 from mbde_jax.models.online_kd import OnlineKDModel
 
@@ -85,7 +87,7 @@ def format_summary(config: ml_collections.ConfigDict, model: OnlineKDModel, coun
     return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, config_utils.CONFIG_FLAG_HELP, lock_config=True)
 
 
 def main(argv: list[str]) -> None:
@@ -100,4 +102,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    remaining = cli_errors.parse_flags_or_exit("mbde_jax.summary", sys.argv)
+    app.run(main, flags_parser=lambda _: remaining)

@@ -1,6 +1,6 @@
 """Runs every method x seed of one config, one run after another, each in its own workdir.
 
-    python -m mbde_jax.sweep --config configs/cifar100_resnet32.py --methods mbde,okddip --seeds 0,1,2 \\
+    python -m mbde_jax.sweep --config configs/paper.py:cifar100,resnet32 --methods mbde,okddip --seeds 0,1,2 \\
         --workdir workdirs/c100_r32 [--config.<field>=<value> ...] [--dry_run]
 
 Layout: the run of method M and seed S lives in <workdir>/M/seed_S/ (a normal training workdir: config.json,
@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import ml_collections
 from absl import logging
 
-from mbde_jax import cli_errors, config_validation, distributed, lifecycle, methods, sharding
+from mbde_jax import cli_errors, config_utils, config_validation, distributed, lifecycle, methods, sharding
 
 # Fields in which a finished run's config.json may differ from the sweep's config and still be skipped as this
 # sweep's run: where the data was read from does not change what was trained.
@@ -232,8 +232,7 @@ def _run_cli() -> None:
     from absl import app, flags
     from ml_collections import config_flags
 
-    config_flag = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                                  lock_config=True)
+    config_flag = config_flags.DEFINE_config_file("config", None, config_utils.CONFIG_FLAG_HELP, lock_config=True)
     methods_flag = flags.DEFINE_list("methods", None, "Methods to run, comma separated (default: config.method). "
                                      f"Valid: {','.join(methods.METHODS)}.")
     seeds_flag = flags.DEFINE_list("seeds", None, "Seeds to run, comma separated (default: config.seed).")
