@@ -1,8 +1,8 @@
 """Throughput measurements, one subcommand each (`python -m mbde_jax.benchmark` is the same command).
 
-    mbde-benchmark train --config configs/cifar100_resnet32.py [--config.<field>=<value> ...]
+    mbde-benchmark train --config configs/paper.py:cifar100,resnet32 [--config.<field>=<value> ...]
                          [--steps 20] [--warmup 3] [--json out.json]
-    mbde-benchmark eval --config configs/cifar100_resnet32.py [--steps 20] [--json out.json]
+    mbde-benchmark eval --config configs/paper.py:cifar100,resnet32 [--steps 20] [--json out.json]
     mbde-benchmark input --dataset digits
     mbde-benchmark input --dataset cifar10 --data mock --mock_examples 20000 [--input_on_device]
 

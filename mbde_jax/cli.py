@@ -63,9 +63,11 @@ def _config_flag(flag_values: Flags, argv: Sequence[str]):
     """The required --config flag; its --config.<field> overrides are the ones `argv` gives."""
     from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
 
+    from mbde_jax import config_utils  # pylint: disable=import-outside-toplevel
+
     holder = config_flags.DEFINE_config_file(
-        "config", None, "A config file, e.g. configs/demo.py or configs/paper.py:cifar100,resnet32; fields are "
-        "overridden with --config.<field>=<value>.", flag_values=flag_values, lock_config=True, sys_argv=list(argv))
+        "config", None, config_utils.CONFIG_FLAG_HELP + " Fields are overridden with --config.<field>=<value>.",
+        flag_values=flag_values, lock_config=True, sys_argv=list(argv))
     flags.mark_flag_as_required("config", flag_values)
     return holder
 

@@ -47,6 +47,20 @@ def _exit_if_peer_failure(tool: str, error: Exception) -> None:
     os._exit(distributed.EXIT_PEER_LOST)
 
 
+# ml_collections' --config parser puts this, then the whole traceback, before an error raised by get_config.
+_CONFIG_FILE_ERROR = "Error whilst parsing config file:"
+
+
+def _without_config_traceback(text: str) -> str:
+    """Keeps only the error itself (the traceback's last line) of an error raised by a config's get_config,
+    e.g. configs/paper.py's message naming the valid datasets and architectures."""
+    head, found, trace = text.partition(_CONFIG_FILE_ERROR)
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    if not found or not lines:
+        return text
+    return head + lines[-1].removeprefix("ValueError: ")
+
+
 def parse_flags_or_exit(tool: str, argv: list[str], flag_values) -> list[str]:
     """Parses the command line now, so that a misspelt `--config.<field>` is one line, not absl's traceback.
 
@@ -59,10 +73,12 @@ def parse_flags_or_exit(tool: str, argv: list[str], flag_values) -> list[str]:
     try:
         return flag_values(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+        if os.environ.get("MBDE_DEBUG"):
+            raise
         cause = error.args[0] if error.args else error
         while isinstance(cause, KeyError) and cause.args:  # str(KeyError) quotes and escapes its message
             cause = cause.args[0]
-        text = str(cause)
+        text = _without_config_traceback(str(cause))
         if isinstance(error, AttributeError):  # ml_collections: an unknown --config.<field>
             text = f"no config field {text} (every field is in configs/default.py)"
         raise SystemExit(f"{tool}: error: in the command line: {' '.join(text.split())}") from None

@@ -1,6 +1,6 @@
 """Runs every method x seed of one config, one run after another, each in its own workdir.
 
-    mbde-sweep --config configs/cifar100_resnet32.py --methods mbde,okddip --seeds 0,1,2 \\
+    mbde-sweep --config configs/paper.py:cifar100,resnet32 --methods mbde,okddip --seeds 0,1,2 \\
         --workdir workdirs/c100_r32 [--config.<field>=<value> ...] [--dry_run]
 
 Layout: the run of method M and seed S lives in <workdir>/M/seed_S/ (a normal training workdir: config.json,
