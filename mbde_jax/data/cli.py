@@ -33,10 +33,9 @@ def _human_bytes(num_bytes: float) -> str:
 
 def prepare_command(dataset: str, data_dir: str | None, manual_dir: str | None) -> int:
     """Prepares `dataset` and prints where it is and how big; 1 with one line on stderr when it cannot."""
-    try:
-        dataset_info.get_dataset_info(dataset)
-    except ValueError as error:
-        raise SystemExit(f"mbde_jax.data: error: {error}") from None
+    if dataset not in dataset_info.DATASETS:
+        raise SystemExit(f"mbde_jax.data: error: unknown dataset {dataset!r}; valid datasets are "
+                         f"{sorted(dataset_info.DATASETS)}.")
     # Imported here so that `--help` and a misspelt dataset answer without loading TensorFlow.
     from mbde_jax import input_pipeline  # pylint: disable=import-outside-toplevel
     from mbde_jax.data import cinic10  # pylint: disable=import-outside-toplevel
