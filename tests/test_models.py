@@ -116,7 +116,7 @@ class InitialisationTest(parameterized.TestCase):
 
     def test_branches_start_different(self):
         params = _init(models.MultiBranchNet("resnet32", 10, num_branches=4))["params"]
-        kernels = params["branches"]["branch"]["stage3"]["block0"]["Conv_0"]["kernel"]
+        kernels = params["branches"]["branch"]["stage3"]["block0"]["conv1"]["kernel"]
         chex.assert_shape(kernels, (4, 3, 3, 32, 64))
         for i in range(4):
             for j in range(i + 1, 4):
@@ -124,7 +124,7 @@ class InitialisationTest(parameterized.TestCase):
 
     def test_conv_init_is_kaiming_normal_fan_out(self):
         params = _init(models.MultiBranchNet("resnet32", 10, num_branches=4))["params"]
-        kernels = params["branches"]["branch"]["stage3"]["block0"]["Conv_1"]["kernel"]  # 3x3, 64 -> 64
+        kernels = params["branches"]["branch"]["stage3"]["block0"]["conv2"]["kernel"]  # 3x3, 64 -> 64
         expected_std = np.sqrt(2.0 / (3 * 3 * 64))
         np.testing.assert_allclose(np.std(kernels), expected_std, rtol=0.05)
 
@@ -158,7 +158,7 @@ class BatchNormModeTest(parameterized.TestCase):
         new = state["batch_stats"]["trunk"]["stem_bn"]["mean"]
         self.assertFalse(np.allclose(old, new))
         # Every branch's statistics move, and differently (different weights, same input).
-        branch_means = state["batch_stats"]["branches"]["branch"]["stage3"]["block0"]["BatchNorm_0"]["mean"]
+        branch_means = state["batch_stats"]["branches"]["branch"]["stage3"]["block0"]["bn1"]["mean"]
         self.assertFalse(np.allclose(branch_means[0], branch_means[1]))
 
     def test_momentum_is_pytorch_0_1(self):

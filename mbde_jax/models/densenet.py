@@ -29,17 +29,23 @@ COMPRESSION = 0.5
 
 
 class DenseLayer(nn.Module):
-    """BN-ReLU-conv1x1(48)-BN-ReLU-conv3x3(12), concatenated to its input: channels c -> c + 12."""
+    """BN-ReLU-conv1x1(48)-BN-ReLU-conv3x3(12), concatenated to its input.
+
+    [batch, h, w, c] -> [batch, h, w, c + 12]. Layers named as the reference's _DenseLayer: norm1, conv1
+    (1x1), norm2, conv2 (3x3).
+    """
 
     train: bool = True
     dtype: layers.Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = layers.relu(layers.batch_norm(self.train)(x))
-        y = layers.conv(BOTTLENECK_WIDTH, 1, kernel_init=layers.kaiming_normal_fan_in, dtype=self.dtype)(y)
-        y = layers.relu(layers.batch_norm(self.train)(y))
-        y = layers.conv(GROWTH_RATE, 3, kernel_init=layers.kaiming_normal_fan_in, dtype=self.dtype)(y)
+        y = layers.relu(layers.batch_norm(self.train, name="norm1")(x))
+        y = layers.conv(BOTTLENECK_WIDTH, 1, kernel_init=layers.kaiming_normal_fan_in, dtype=self.dtype,
+                        name="conv1")(y)
+        y = layers.relu(layers.batch_norm(self.train, name="norm2")(y))
+        y = layers.conv(GROWTH_RATE, 3, kernel_init=layers.kaiming_normal_fan_in, dtype=self.dtype,
+                        name="conv2")(y)
         return jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
 
 

@@ -3,14 +3,17 @@
 PyTorch conventions reproduced here:
   * nn.Conv2d with `padding=k//2` pads symmetrically; Flax's 'SAME' pads (0, 1) for a stride-2 3x3 conv on an
     even input, which shifts every window by one pixel. Convolutions here always pad explicitly.
-  * nn.BatchNorm2d(momentum=0.1, eps=1e-5) is Flax's BatchNorm(momentum=0.9, epsilon=1e-5). One difference is
-    left: PyTorch's running variance uses the unbiased batch variance, Flax's the biased one (a factor
-    n / (n - 1) with n = batch * height * width, i.e. < 0.01% at batch 128 on an 8x8 map).
+  * nn.BatchNorm2d/1d(momentum=0.1, eps=1e-5) exactly, by our own `BatchNorm` rather than Flax's: the batch is
+    normalised with its biased variance and the running variance is updated with the unbiased one,
+    var * n / (n - 1) with n = batch x height x width, as PyTorch does (Flax's updates it with the biased one).
+    The variance is computed as mean((x - mean)^2), not as E[x^2] - E[x]^2 (Flax's fast form), which loses
+    most of its digits in float32 where |mean| >> std (ONE's gate inputs).
   * nn.Linear's default init is U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight and the bias.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -61,18 +64,65 @@ def conv(
     )
 
 
-def batch_norm(train: bool, *, name: str | None = None) -> nn.BatchNorm:
-    """BatchNorm as PyTorch's default BatchNorm2d (gamma 1, beta 0, momentum 0.1, eps 1e-5).
+class BatchNorm(nn.Module):
+    """Batch normalisation over every axis but the last, as PyTorch's nn.BatchNorm2d (NHWC maps) and
+    nn.BatchNorm1d ([batch, features]).
 
-    Statistics are always kept in float32, whatever the compute dtype.
+    x [..., features] -> same shape. The statistics, the normalisation and the output are float32 whatever the
+    compute dtype of x (bfloat16 activations come out float32, as from Flax's BatchNorm with float32 params);
+    the next convolution or matmul casts back to its compute dtype.
+
+    Variables, named as Flax's nn.BatchNorm's so that the tree keeps its layout: params 'scale' (1) and
+    'bias' (0), batch_stats 'mean' (0) and 'var' (1), all [features] and float32.
+
+    Training (`use_running_average=False`): normalises with the batch mean and the biased batch variance over
+    the n = prod(x.shape[:-1]) elements of each channel; under jit on a data mesh x is the global batch, so
+    the statistics and n are global. The running statistics move by
+    running = momentum * running + (1 - momentum) * batch_stat, the variance's batch_stat being the unbiased
+    var * n / (n - 1) (PyTorch's update; Flax's momentum 0.9 is PyTorch's 0.1). They are not moved while the
+    model is being initialised. Eval: normalises with the running statistics.
+
+    Attributes:
+      use_running_average: eval mode (running statistics, no update).
+      momentum: weight of the old running statistic in the update.
+      epsilon: added to the variance before the square root.
     """
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        param_dtype=jnp.float32,
-        name=name,
-    )
+
+    use_running_average: bool = False
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+            centred = x - mean
+        else:
+            reduction_axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=reduction_axes)
+            centred = x - mean
+            var = jnp.mean(jnp.square(centred), axis=reduction_axes)  # biased, as PyTorch normalises
+            if not self.is_initializing():
+                count = math.prod(x.shape[:-1])
+                if count < 2:
+                    # PyTorch refuses this too: the unbiased variance of one value is undefined.
+                    raise ValueError(f"BatchNorm in training mode needs more than one value per channel; got "
+                                     f"input shape {tuple(x.shape)}. Use a batch of at least 2.")
+                unbiased_var = var * (count / (count - 1))
+                running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+                running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased_var
+        return centred * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
+def batch_norm(train: bool, *, name: str | None = None) -> BatchNorm:
+    """BatchNorm as PyTorch's default BatchNorm2d/1d (gamma 1, beta 0, momentum 0.1, eps 1e-5)."""
+    return BatchNorm(use_running_average=not train, name=name)
 
 
 def linear(
@@ -101,7 +151,7 @@ def relu(x: jax.Array) -> jax.Array:
     Why not nn.relu: XLA counts max(x, broadcast(0)) as a unary op, which it duplicates into every consumer
     for free. In a residual network the weight-gradient convolutions read each block output through a
     transposed copy, so XLA:CPU recomputed the whole chain of blocks (BN, add, ReLU of every earlier block)
-    inside each transpose (the MBDE step ran 153 images/s with nn.relu, 191 with this; README, Performance).
+    inside each transpose (README, Performance, has the effect on the step time).
     A select with a full-size predicate is not unary, so XLA materialises the result once and the transposes
     read it.
     Forward: x <= 0 gives +0.0 (nn.relu may keep -0.0), NaN stays NaN, -inf gives 0.

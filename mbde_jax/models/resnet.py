@@ -19,7 +19,11 @@ from mbde_jax.models import layers
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut. Output channels = planes."""
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut. Output channels = planes.
+
+    [batch, h, w, c] -> [batch, h / strides, w / strides, planes]. Layers named as OKDDip's BasicBlock:
+    conv1, bn1, conv2, bn2, and downsample_conv, downsample_bn for its `downsample` projection.
+    """
 
     planes: int
     strides: int = 1
@@ -28,17 +32,19 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = layers.conv(self.planes, 3, strides=self.strides, dtype=self.dtype)(x)
-        y = layers.relu(layers.batch_norm(self.train)(y))
-        y = layers.conv(self.planes, 3, dtype=self.dtype)(y)
-        y = layers.batch_norm(self.train)(y)
+        y = layers.conv(self.planes, 3, strides=self.strides, dtype=self.dtype, name="conv1")(x)
+        y = layers.relu(layers.batch_norm(self.train, name="bn1")(y))
+        y = layers.conv(self.planes, 3, dtype=self.dtype, name="conv2")(y)
+        y = layers.batch_norm(self.train, name="bn2")(y)
         return layers.relu(y + _shortcut(x, self.planes, self.strides, self.train, self.dtype))
 
 
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (strided) -> 1x1 convolutions; output channels = 4 * planes.
 
-    The inner width is planes * width_per_group / 64, as torchvision's Bottleneck that OKDDip reuses.
+    [batch, h, w, c] -> [batch, h / strides, w / strides, 4 * planes]. The inner width is
+    planes * width_per_group / 64, as torchvision's Bottleneck that OKDDip reuses; layers named as it:
+    conv1/bn1 (1x1), conv2/bn2 (3x3), conv3/bn3 (1x1), downsample_conv/downsample_bn.
     """
 
     planes: int
@@ -52,12 +58,12 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = self.planes * self.width_per_group // 64
-        y = layers.conv(width, 1, dtype=self.dtype)(x)
-        y = layers.relu(layers.batch_norm(self.train)(y))
-        y = layers.conv(width, 3, strides=self.strides, dtype=self.dtype)(y)
-        y = layers.relu(layers.batch_norm(self.train)(y))
-        y = layers.conv(self.planes * self.expansion, 1, dtype=self.dtype)(y)
-        y = layers.batch_norm(self.train)(y)
+        y = layers.conv(width, 1, dtype=self.dtype, name="conv1")(x)
+        y = layers.relu(layers.batch_norm(self.train, name="bn1")(y))
+        y = layers.conv(width, 3, strides=self.strides, dtype=self.dtype, name="conv2")(y)
+        y = layers.relu(layers.batch_norm(self.train, name="bn2")(y))
+        y = layers.conv(self.planes * self.expansion, 1, dtype=self.dtype, name="conv3")(y)
+        y = layers.batch_norm(self.train, name="bn3")(y)
         shortcut = _shortcut(x, self.planes * self.expansion, self.strides, self.train, self.dtype)
         return layers.relu(y + shortcut)
 
