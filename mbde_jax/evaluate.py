@@ -9,7 +9,8 @@ import json
 
 from absl import app, flags
 
-from mbde_jax import cli_errors, input_pipeline, logs, provenance, sharding, workdir as workdir_lib
+from mbde_jax import cli_errors, logs, provenance, sharding, workdir as workdir_lib
+from mbde_jax.data.eval_input import EvalInput
 
 
 def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None) -> dict:
@@ -17,9 +18,9 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
     mesh = sharding.make_data_mesh()
     trainer, state, meta = workdir_lib.restore_latest(workdir, mesh, step)
     config = trainer.config
-    metrics = trainer.evaluate(state, input_pipeline.eval_batches(
-        config.dataset, split=split, global_batch_size=config.eval_batch_size, mesh=mesh,
-        data_dir=config.data_dir, download=config.download))
+    eval_input = EvalInput(config.dataset, split=split, global_batch_size=config.eval_batch_size, mesh=mesh,
+                           data_dir=config.data_dir, download=config.download)
+    metrics = trainer.evaluate(state, eval_input.batches())
     metrics["step"] = int(state.step)
     metrics["split"] = split or "test"
     history = meta.get("history") or [{}]

@@ -23,9 +23,11 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from mbde_jax import (checkpoint, config_validation, distributed, eval_metrics, input_pipeline, lifecycle, logs,
+from mbde_jax import (checkpoint, config_validation, distributed, eval_metrics, lifecycle, logs,
                       losses, methods, optim, provenance, sharding, train_metrics)
 from mbde_jax.data import info as dataset_info
+from mbde_jax.data.eval_input import EvalInput
+from mbde_jax.data.train_input import make_train_pipeline
 from mbde_jax.models.online_kd import OnlineKDModel
 
 
@@ -242,7 +244,9 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
     run_provenance = provenance.collect()
     logging.info("made with: %s", provenance.format_provenance(run_provenance))
 
-    pipeline = input_pipeline.make_train_pipeline(config, mesh)
+    pipeline = make_train_pipeline(config, mesh)
+    eval_input = EvalInput(config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
+                           data_dir=config.data_dir, download=config.download)
     trainer = Trainer(config, mesh, pipeline.steps_per_epoch)
     steps_per_epoch = pipeline.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
@@ -284,9 +288,7 @@ def _train_and_evaluate(config, workdir, allow_config_change, stop: lifecycle.Gr
         summary = pending.flush(last_checkpoint)
         if summary:
             writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-        metrics = trainer.evaluate(state, input_pipeline.eval_batches(
-            config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
-            data_dir=config.data_dir, download=config.download))
+        metrics = trainer.evaluate(state, eval_input.batches())
         entry = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train": pending.epoch_means(),
                  "learning_rate": float(trainer.learning_rate(step - 1)),
                  "ramp_weight": float(losses.rampup_weight(epoch, config.rampup_epochs)),

@@ -35,12 +35,11 @@ def _human_bytes(num_bytes: float) -> str:
 
 def _prepare_command(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and a misspelt dataset answer without loading TensorFlow.
-    from mbde_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-    from mbde_jax.data import cinic10  # pylint: disable=import-outside-toplevel
+    from mbde_jax.data import cinic10, preparation  # pylint: disable=import-outside-toplevel
 
     try:
-        builder = input_pipeline.prepare(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir)
-    except (input_pipeline.DatasetUnavailableError, cinic10.ArchiveError) as e:
+        builder = preparation.prepare(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir)
+    except (preparation.DatasetUnavailableError, cinic10.ArchiveError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     splits = builder.info.splits
