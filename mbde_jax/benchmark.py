@@ -250,7 +250,8 @@ def _input_command(args: types.SimpleNamespace) -> None:
     import jax  # pylint: disable=import-outside-toplevel
     import ml_collections  # pylint: disable=import-outside-toplevel
 
-    from mbde_jax import input_pipeline, sharding  # pylint: disable=import-outside-toplevel
+    from mbde_jax import sharding  # pylint: disable=import-outside-toplevel
+    from mbde_jax.data import testing, tf_runtime, train_input  # pylint: disable=import-outside-toplevel
 
     # The same CPU devices as training would use, so that the batches are sharded as the train step reads them.
     sharding.configure_host_devices(ml_collections.ConfigDict(
@@ -261,11 +262,11 @@ def _input_command(args: types.SimpleNamespace) -> None:
     with contextlib.ExitStack() as stack:
         if source == "mock":
             metadata_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mbde_benchmark_"))
-            stack.enter_context(input_pipeline.mocked_dataset(
+            stack.enter_context(testing.mocked_dataset(
                     args.dataset, num_examples=args.mock_examples, metadata_dir=metadata_dir))
         mesh = sharding.make_data_mesh()
         start = time.perf_counter()
-        pipeline_cls = input_pipeline.DeviceTrainPipeline if args.input_on_device else input_pipeline.TrainPipeline
+        pipeline_cls = train_input.DeviceTrainPipeline if args.input_on_device else train_input.TrainPipeline
         pipeline = pipeline_cls(args.dataset, global_batch_size=args.batch_size, seed=args.seed, mesh=mesh,
                                 data_dir=args.data_dir)
         load_s = time.perf_counter() - start
@@ -285,7 +286,7 @@ def _input_command(args: types.SimpleNamespace) -> None:
     images_per_s = args.num_batches * args.batch_size / elapsed
     print(f"input pipeline: dataset={args.dataset} data={source} examples={pipeline.num_examples} "
           f"batch={args.batch_size} steps/epoch={pipeline.steps_per_epoch} devices={mesh.devices.size} "
-          f"({jax.devices()[0].platform}) cpus={os.cpu_count()} tf_threads={input_pipeline.TF_THREADS} "
+          f"({jax.devices()[0].platform}) cpus={os.cpu_count()} tf_threads={tf_runtime.TF_THREADS} "
           f"on_device={args.input_on_device}")
     print(f"  load {load_s:.1f} s; {args.num_batches} batches in {elapsed:.2f} s: "
           f"{images_per_s:,.0f} training images/s ({elapsed / args.num_batches * 1e3:.1f} ms/batch); "

@@ -14,10 +14,10 @@ from typing import Iterator
 
 def _user_error_types() -> tuple[type, ...]:
     # Imported when an error happens, not before: `--help` must not load TensorFlow or JAX.
-    from mbde_jax import checkpoint, input_pipeline, lifecycle, train_metrics  # noqa
-    from mbde_jax.data import cinic10
+    from mbde_jax import checkpoint, lifecycle, train_metrics
+    from mbde_jax.data import cinic10, preparation
 
-    return (ValueError, OSError, input_pipeline.DatasetUnavailableError, lifecycle.WorkdirLockedError,
+    return (ValueError, OSError, preparation.DatasetUnavailableError, lifecycle.WorkdirLockedError,
             checkpoint.CheckpointUnreadableError, train_metrics.NonFiniteLossError, cinic10.ArchiveError)
 
 

@@ -12,16 +12,18 @@ if __name__ == "__main__":  # `python -m mbde_jax.evaluate`: the command line an
 
 import json
 
-from mbde_jax import cli_errors, input_pipeline, logs, provenance, training
+from mbde_jax import cli_errors, logs, provenance, training
+from mbde_jax.data.eval_input import EvalInput
 
 
 def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = None) -> dict:
     """Restores a run's checkpoint and evaluates every head on `split`; returns the metrics."""
     trainer, state, meta = training.restore_latest(workdir, step)
-    config = trainer.experiment.config
-    metrics = trainer.evaluate(state, input_pipeline.eval_batches(
-        config.dataset, split=split, global_batch_size=config.eval_batch_size, mesh=trainer.experiment.mesh,
-        data_dir=config.data_dir, download=config.download))
+    experiment = trainer.experiment
+    config = experiment.config
+    eval_input = EvalInput(config.dataset, split=split, global_batch_size=config.eval_batch_size,
+                           mesh=experiment.mesh, data_dir=config.data_dir, download=config.download)
+    metrics = trainer.evaluate(state, eval_input.batches())
     metrics["step"] = int(state.step)
     metrics["split"] = split or "test"
     history = meta.get("history") or [{}]

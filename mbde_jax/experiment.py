@@ -42,6 +42,8 @@ class Experiment:
       objective: (outputs, labels, params, ramp_weight) -> (loss, metrics), the loss settings bound.
       optimizer: weight decay and (Nesterov) momentum; the learning rate is applied by the train step.
       mesh: the 'data' mesh over every device of every process.
+      input_on_device: the training data lives on the devices (config.input_on_device; unset: on GPU and TPU,
+        where the host would otherwise be the bottleneck) rather than being fed by the host.
     """
 
     config: ml_collections.ConfigDict
@@ -56,6 +58,7 @@ class Experiment:
     objective: methods.Objective
     optimizer: optax.GradientTransformation
     mesh: jax.sharding.Mesh
+    input_on_device: bool
 
     def learning_rate(self, epoch) -> jax.Array:
         """The learning rate of every step of 0-based `epoch` (traceable)."""
@@ -103,6 +106,8 @@ def resolve(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None
         objective=functools.partial(method.objective, settings=_loss_settings(config)),
         optimizer=optim.momentum_and_weight_decay(config.momentum, config.nesterov, config.weight_decay),
         mesh=mesh,
+        input_on_device=(jax.default_backend() != "cpu" if config.input_on_device is None
+                         else config.input_on_device),
     )
 
 

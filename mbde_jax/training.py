@@ -22,7 +22,9 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from mbde_jax import (checkpoint, config_validation, distributed, eval_metrics, experiment as experiment_lib,
-                      input_pipeline, lifecycle, logs, optim, provenance, sharding, train_metrics, workdir as run_files)
+                      lifecycle, logs, optim, provenance, sharding, train_metrics, workdir as run_files)
+from mbde_jax.data import train_input
+from mbde_jax.data.eval_input import EvalInput
 from mbde_jax.experiment import Experiment
 from mbde_jax.models.online_kd import OnlineKDModel
 
@@ -156,6 +158,14 @@ def restore_latest(workdir: str, step: int | None = None, *, mesh: jax.sharding.
     return trainer, state, meta
 
 
+def make_train_pipeline(experiment: Experiment) -> train_input.TrainPipeline:
+    """The training input of `experiment`: on the devices or on the host, as experiment.input_on_device says."""
+    config = experiment.config
+    pipeline_cls = train_input.DeviceTrainPipeline if experiment.input_on_device else train_input.TrainPipeline
+    return pipeline_cls(config.dataset, global_batch_size=config.batch_size, seed=config.seed, mesh=experiment.mesh,
+                        data_dir=config.data_dir, download=config.download, train_splits=experiment.train_splits)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
                        ) -> dict:
     """Resolves `config` (experiment.resolve: checked once, here) and runs it in `workdir`; see run_experiment."""
@@ -223,7 +233,9 @@ def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, st
     run_provenance = provenance.collect()
     logging.info("made with: %s", provenance.format_provenance(run_provenance))
 
-    pipeline = input_pipeline.make_train_pipeline(config, mesh)
+    pipeline = make_train_pipeline(experiment)
+    eval_input = EvalInput(config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
+                           data_dir=config.data_dir, download=config.download)
     steps_per_epoch = pipeline.steps_per_epoch
     trainer = Trainer(experiment, steps_per_epoch)
     total_steps = config.num_epochs * steps_per_epoch
@@ -266,9 +278,7 @@ def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, st
         summary = pending.flush(last_checkpoint)
         if summary:
             writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-        metrics = trainer.evaluate(state, input_pipeline.eval_batches(
-            config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
-            data_dir=config.data_dir, download=config.download))
+        metrics = trainer.evaluate(state, eval_input.batches())
         entry = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train": pending.epoch_means(),
                  "learning_rate": float(experiment.learning_rate(epoch)),
                  "ramp_weight": float(experiment.ramp_weight(epoch)),

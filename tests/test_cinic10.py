@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mbde_jax import input_pipeline, sharding
+from mbde_jax import sharding
+from mbde_jax.data import eval_input, preparation, train_input
 from mbde_jax.data import cinic10
 
 PER_CLASS = 2  # PNGs per class folder and split; the release has 9,000.
@@ -83,7 +84,7 @@ def prepared(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         # Nothing can be downloaded (see _spec_for): the builder must use the manual directory's archive.
         patch.setattr(cinic10, "ARCHIVE", _spec_for(archive))
-        builder = input_pipeline.prepare("cinic10", data_dir=str(root / "data"), manual_dir=str(manual_dir))
+        builder = preparation.prepare("cinic10", data_dir=str(root / "data"), manual_dir=str(manual_dir))
     assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
             "train": 10 * PER_CLASS, "validation": 10 * PER_CLASS, "test": 10 * PER_CLASS}
     return str(root / "data"), str(manual_dir), contents
@@ -97,8 +98,8 @@ def _expected(contents: dict, folder: str) -> dict[bytes, int]:
 def test_train_pipeline_reads_the_archive_images_with_their_class(prepared, train_splits, folders):
     data_dir, _, contents = prepared
     mesh = sharding.make_data_mesh()
-    pipeline = input_pipeline.TrainPipeline("cinic10", global_batch_size=4, seed=0, mesh=mesh, data_dir=data_dir,
-                                            train_splits=train_splits)
+    pipeline = train_input.TrainPipeline("cinic10", global_batch_size=4, seed=0, mesh=mesh, data_dir=data_dir,
+                                         train_splits=train_splits)
     expected = {}
     for folder in folders:
         expected.update(_expected(contents, folder))
@@ -116,8 +117,8 @@ def test_eval_splits_count_every_image(prepared):
     data_dir, _, contents = prepared
     mesh = sharding.make_data_mesh()
     for split, folder in (("test", "test"), ("validation", "valid")):
-        batches = list(input_pipeline.eval_batches("cinic10", split=split, global_batch_size=6, mesh=mesh,
-                                                   data_dir=data_dir))
+        batches = list(eval_input.EvalInput("cinic10", split=split, global_batch_size=6, mesh=mesh,
+                                            data_dir=data_dir).batches())
         assert len(batches) == 4  # 20 images in batches of 6: the last has 2 real ones.
         assert sum(float(np.asarray(b["mask"]).sum()) for b in batches) == 10 * PER_CLASS
         labels = np.concatenate([np.asarray(b["label"])[np.asarray(b["mask"]) > 0] for b in batches])
@@ -127,8 +128,8 @@ def test_eval_splits_count_every_image(prepared):
 def test_train_splits_other_than_train_or_train_plus_validation_are_refused(prepared):
     data_dir, _, _ = prepared
     with pytest.raises(ValueError, match=r"cinic10_train_splits='test'.*'train', 'train\+validation'"):
-        input_pipeline.TrainPipeline("cinic10", global_batch_size=4, seed=0, mesh=sharding.make_data_mesh(),
-                                     data_dir=data_dir, train_splits="test")
+        train_input.TrainPipeline("cinic10", global_batch_size=4, seed=0, mesh=sharding.make_data_mesh(),
+                                  data_dir=data_dir, train_splits="test")
 
 
 @pytest.fixture
@@ -151,7 +152,7 @@ def test_truncated_archive_is_refused(good_archive, tmp_path):
         cinic10.verify_archive(good_archive)
     # The same refusal comes out of preparation, and nothing is prepared.
     with pytest.raises(cinic10.ArchiveError, match="truncated"):
-        input_pipeline.prepare("cinic10", data_dir=str(tmp_path / "data"), manual_dir=os.path.dirname(good_archive))
+        preparation.prepare("cinic10", data_dir=str(tmp_path / "data"), manual_dir=os.path.dirname(good_archive))
     assert not os.path.exists(tmp_path / "data" / "cinic10" / "1.0.0" / "dataset_info.json")
 
 
@@ -160,7 +161,7 @@ def test_corrupted_archive_is_refused_by_checksum(good_archive, tmp_path):
     data[len(data) // 2] ^= 0xFF  # Same size, one byte changed.
     pathlib.Path(good_archive).write_bytes(bytes(data))
     with pytest.raises(cinic10.ArchiveError, match="wrong sha256 checksum .*corrupted or is not the official"):
-        input_pipeline.prepare("cinic10", data_dir=str(tmp_path / "data"), manual_dir=os.path.dirname(good_archive))
+        preparation.prepare("cinic10", data_dir=str(tmp_path / "data"), manual_dir=os.path.dirname(good_archive))
 
 
 def test_archive_matching_its_checksums_but_cut_short_inside_is_refused(tmp_path, monkeypatch):
@@ -204,9 +205,8 @@ def test_a_truncated_eval_file_names_the_files(prepared, tmp_path):
     shutil.copytree(data_dir, copy)
     (record,) = copy.rglob("cinic10-test.tfrecord*")
     record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
-    input_pipeline._eval_split_cache.clear()  # the module keeps the last split read
-    with pytest.raises(input_pipeline.DatasetUnavailableError,
+    with pytest.raises(preparation.DatasetUnavailableError,
                        match=rf"cinic10 split test in {copy}/\S+ cannot be read \(DataLossError: .*files: "
                              rf"{record.name}.*delete .* and prepare it again"):
-        list(input_pipeline.eval_batches("cinic10", split="test", global_batch_size=6,
-                                         mesh=sharding.make_data_mesh(), data_dir=str(copy)))
+        eval_input.EvalInput("cinic10", split="test", global_batch_size=6, mesh=sharding.make_data_mesh(),
+                             data_dir=str(copy))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import configparser
 import importlib
-import json
 import pathlib
 import subprocess
 import sys

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from mbde_jax import benchmark, input_pipeline
+from mbde_jax import benchmark
+from mbde_jax.data import preparation, train_input
 from mbde_jax.data import cli as data_cli
 from mbde_jax.data import cinic10
 
@@ -31,8 +32,8 @@ def _closed_port() -> int:
 def no_network(monkeypatch):
     """Every download address of every dataset points at a closed local port."""
     port = _closed_port()
-    for name in input_pipeline.DOWNLOAD_URLS:
-        monkeypatch.setitem(input_pipeline.DOWNLOAD_URLS, name, f"http://127.0.0.1:{port}/{name}.tar.gz")
+    for name in preparation.DOWNLOAD_URLS:
+        monkeypatch.setitem(preparation.DOWNLOAD_URLS, name, f"http://127.0.0.1:{port}/{name}.tar.gz")
     monkeypatch.setattr(cinic10, "ARCHIVE", dataclasses.replace(
             cinic10.ARCHIVE, url=f"http://127.0.0.1:{port}/CINIC-10.tar.gz"))
 
@@ -60,8 +61,8 @@ def test_unprepared_dataset_without_network_fails_fast_with_the_fix(tmp_path, ca
 
 def test_unprepared_cinic10_without_network_names_the_manual_step(tmp_path, no_network):
     start = time.monotonic()
-    with pytest.raises(input_pipeline.DatasetUnavailableError) as error:
-        input_pipeline.prepare("cinic10", data_dir=str(tmp_path))
+    with pytest.raises(preparation.DatasetUnavailableError) as error:
+        preparation.prepare("cinic10", data_dir=str(tmp_path))
     assert time.monotonic() - start < FAIL_FAST_S
     message = str(error.value)
     manual = os.path.join(str(tmp_path), "downloads", "manual")
@@ -74,9 +75,9 @@ def test_training_pipeline_fails_fast_too(tmp_path, no_network):
     from mbde_jax import sharding  # pylint: disable=import-outside-toplevel
 
     start = time.monotonic()
-    with pytest.raises(input_pipeline.DatasetUnavailableError, match="python -m mbde_jax.data prepare cifar10"):
-        input_pipeline.TrainPipeline("cifar10", global_batch_size=8, seed=0, mesh=sharding.make_data_mesh(),
-                                     data_dir=str(tmp_path))
+    with pytest.raises(preparation.DatasetUnavailableError, match="python -m mbde_jax.data prepare cifar10"):
+        train_input.TrainPipeline("cifar10", global_batch_size=8, seed=0, mesh=sharding.make_data_mesh(),
+                                  data_dir=str(tmp_path))
     assert time.monotonic() - start < FAIL_FAST_S
 
 
@@ -88,20 +89,20 @@ def test_a_host_that_never_answers_is_given_up_on_at_the_deadline(tmp_path, monk
         released.wait(20)
         raise OSError("released by the test")
 
-    monkeypatch.setattr(input_pipeline.socket, "create_connection", hang)
-    monkeypatch.setattr(input_pipeline, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(preparation.socket, "create_connection", hang)
+    monkeypatch.setattr(preparation, "PROBE_TIMEOUT_S", 0.5)
     start = time.monotonic()
     try:
-        with pytest.raises(input_pipeline.DatasetUnavailableError, match="did not answer within 0.5 s"):
-            input_pipeline.prepare("cifar10", data_dir=str(tmp_path))
+        with pytest.raises(preparation.DatasetUnavailableError, match="did not answer within 0.5 s"):
+            preparation.prepare("cifar10", data_dir=str(tmp_path))
         assert time.monotonic() - start < 5
     finally:
         released.set()  # Lets the abandoned probe thread end now rather than in a later test.
 
 
 def test_download_false_refuses_without_probing(tmp_path):
-    with pytest.raises(input_pipeline.DatasetUnavailableError, match=r"downloads are disabled \(download=False\)"):
-        input_pipeline.prepare("cifar10", data_dir=str(tmp_path), download=False)
+    with pytest.raises(preparation.DatasetUnavailableError, match=r"downloads are disabled \(download=False\)"):
+        preparation.prepare("cifar10", data_dir=str(tmp_path), download=False)
 
 
 def test_command_line_fails_fast_through_an_unreachable_proxy(tmp_path):

@@ -9,7 +9,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from mbde_jax import config_utils, input_pipeline, sharding, training
+from mbde_jax import config_utils, experiment, sharding, training
+from mbde_jax.data import augmentation, testing, train_input
 from test_input_pipeline import reference_augment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -20,11 +21,11 @@ BATCH = 8
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory):
     """(host TrainPipeline, DeviceTrainPipeline) of the same mocked CIFAR-100 split and seed."""
-    with input_pipeline.mocked_dataset("cifar100", num_examples=NUM_EXAMPLES,
-                                       metadata_dir=str(tmp_path_factory.mktemp("device_input_metadata"))):
+    with testing.mocked_dataset("cifar100", num_examples=NUM_EXAMPLES,
+                                metadata_dir=str(tmp_path_factory.mktemp("device_input_metadata"))):
         mesh = sharding.make_data_mesh()
-        yield (input_pipeline.TrainPipeline("cifar100", global_batch_size=BATCH, seed=5, mesh=mesh),
-               input_pipeline.DeviceTrainPipeline("cifar100", global_batch_size=BATCH, seed=5, mesh=mesh))
+        yield (train_input.TrainPipeline("cifar100", global_batch_size=BATCH, seed=5, mesh=mesh),
+               train_input.DeviceTrainPipeline("cifar100", global_batch_size=BATCH, seed=5, mesh=mesh))
 
 
 def _arrays(batches) -> list[dict[str, np.ndarray]]:
@@ -58,9 +59,9 @@ def test_batches_are_a_pure_function_of_seed_and_epoch(pipelines, tmp_path):
                                   np.concatenate([b["image"] for b in _arrays(device.epoch_batches(2))]))
     other_epoch = _arrays(device.epoch_batches(3))
     assert not np.array_equal(first[0]["image"], other_epoch[0]["image"])
-    with input_pipeline.mocked_dataset("cifar100", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path)):
-        reseeded = input_pipeline.DeviceTrainPipeline("cifar100", global_batch_size=BATCH, seed=6,
-                                                      mesh=sharding.make_data_mesh())
+    with testing.mocked_dataset("cifar100", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path)):
+        reseeded = train_input.DeviceTrainPipeline("cifar100", global_batch_size=BATCH, seed=6,
+                                                   mesh=sharding.make_data_mesh())
     assert not np.array_equal(first[0]["image"], _arrays(reseeded.epoch_batches(2))[0]["image"])
 
 
@@ -79,7 +80,7 @@ def test_resuming_at_batch_k_repeats_the_rest_of_the_epoch(pipelines):
 def test_crops_are_windows_of_the_padded_image_and_flips_mirror_width(pipelines):
     _, device = pipelines
     plan = device.epoch_plan(1)
-    table = input_pipeline.normalization_table("cifar100")
+    table = augmentation.normalization_table("cifar100")
     batches = _arrays(device.epoch_batches(1))
     images = np.concatenate([b["image"] for b in batches])
     for position, image in enumerate(images):
@@ -91,8 +92,8 @@ def test_crops_are_windows_of_the_padded_image_and_flips_mirror_width(pipelines)
 
 
 def test_normalisation_table_rounds_as_the_host_pipeline():
-    table = input_pipeline.normalization_table("cifar10")
-    scale, shift = input_pipeline.normalization_constants("cifar10")
+    table = augmentation.normalization_table("cifar10")
+    scale, shift = augmentation.normalization_constants("cifar10")
     pixels = np.arange(256, dtype=np.float32)[:, None]
     np.testing.assert_array_equal(table, (pixels * scale).astype(np.float32) + shift)
     assert table.dtype == np.float32 and table.shape == (256, 3)
@@ -105,13 +106,12 @@ def _config(**overrides):
 
 
 def test_config_chooses_the_pipeline(pipelines, tmp_path):
-    mesh = sharding.make_data_mesh()
-    with input_pipeline.mocked_dataset("cifar10", num_examples=16, metadata_dir=str(tmp_path)):
-        chosen = {value: type(input_pipeline.make_train_pipeline(_config(input_on_device=value), mesh))
+    with testing.mocked_dataset("cifar10", num_examples=16, metadata_dir=str(tmp_path)):
+        chosen = {value: type(training.make_train_pipeline(experiment.resolve(_config(input_on_device=value))))
                   for value in (True, False, None)}
-    assert chosen[True] is input_pipeline.DeviceTrainPipeline
-    assert chosen[False] is input_pipeline.TrainPipeline
-    assert chosen[None] is input_pipeline.TrainPipeline  # auto: the host feeds a CPU backend
+    assert chosen[True] is train_input.DeviceTrainPipeline
+    assert chosen[False] is train_input.TrainPipeline
+    assert chosen[None] is train_input.TrainPipeline  # auto: the host feeds a CPU backend
 
 
 def test_training_on_device_input_repeats_the_host_run(tmp_path):
@@ -119,7 +119,7 @@ def test_training_on_device_input_repeats_the_host_run(tmp_path):
     results = {}
     for on_device in (False, True):
         workdir = tmp_path / f"on_device_{on_device}"
-        with input_pipeline.mocked_dataset("cifar10", num_examples=32, metadata_dir=str(tmp_path / "meta")):
+        with testing.mocked_dataset("cifar10", num_examples=32, metadata_dir=str(tmp_path / "meta")):
             results[on_device] = training.train_and_evaluate(
                     _config(input_on_device=on_device, num_epochs=1, lr_boundaries_epochs=(), method="okddip"), str(workdir))
         results[on_device]["history"] = json.loads((workdir / "history.json").read_text())

@@ -7,7 +7,8 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
-from mbde_jax import input_pipeline, sharding
+from mbde_jax import sharding
+from mbde_jax.data import preparation, train_input
 from mbde_jax.data import digits
 from mbde_jax.data import info as dataset_info
 
@@ -15,7 +16,7 @@ from mbde_jax.data import info as dataset_info
 @pytest.fixture(scope="module")
 def builder(tmp_path_factory):
     # No download URL exists for digits: preparing must not touch the network at all.
-    return input_pipeline.prepare("digits", data_dir=str(tmp_path_factory.mktemp("tfds")), download=False)
+    return preparation.prepare("digits", data_dir=str(tmp_path_factory.mktemp("tfds")), download=False)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,8 @@ def test_info_normalisation_constants_are_those_of_the_train_split(splits):
 
 def test_train_pipeline_on_digits_is_normalised(builder):
     mesh = sharding.make_data_mesh()
-    pipeline = input_pipeline.TrainPipeline("digits", global_batch_size=128, seed=0, mesh=mesh,
-                                            data_dir=builder.data_dir_root, download=False)
+    pipeline = train_input.TrainPipeline("digits", global_batch_size=128, seed=0, mesh=mesh,
+                                         data_dir=builder.data_dir_root, download=False)
     assert pipeline.num_examples == 1442 and pipeline.steps_per_epoch == 11
     images = np.concatenate([np.asarray(b["image"]) for b in pipeline.epoch_batches(0)])
     # Padding adds zeros, so the mean drops a little below 0 and the spread stays near 1.

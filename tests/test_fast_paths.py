@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbde_jax import config_utils, experiment, methods, sharding, training
+from mbde_jax import config_utils, experiment, sharding, training
 from mbde_jax.models import ffm
 from mbde_jax.models import layers
 

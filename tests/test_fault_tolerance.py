@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from mbde_jax import checkpoint, config_validation, input_pipeline, lifecycle, training
+from mbde_jax import checkpoint, config_validation, lifecycle, training
 from mbde_jax import workdir as run_files
+from mbde_jax.data import testing
 from test_train import NUM_EXAMPLES, ROOT, STEPS_PER_EPOCH, _config, _run_subprocess, _train
 
 
@@ -117,7 +118,7 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_used(two_epo
     shutil.copytree(workdir, copy)
     damage(copy / "checkpoints" / str(2 * STEPS_PER_EPOCH))
     (copy / "checkpoints" / "24.orbax-checkpoint-tmp-1234").mkdir()  # a save that never completed
-    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
         again = training.train_and_evaluate(_config(checkpoint_every_minutes=0), str(copy))
     assert f"checkpoint step {2 * STEPS_PER_EPOCH} cannot be read" in caplog.text
     assert not list((copy / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
@@ -136,8 +137,8 @@ def test_no_readable_checkpoint_is_one_clear_error(two_epoch_run, tmp_path):
         _damage_garbage_metadata(copy / "checkpoints" / str(step))
     with pytest.raises(checkpoint.CheckpointUnreadableError,
                        match=rf"no checkpoint in {copy / 'checkpoints'} can be read \(steps 16, 8 were moved"):
-        with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES,
-                                           metadata_dir=str(data_tmp / "meta")):
+        with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES,
+                                    metadata_dir=str(data_tmp / "meta")):
             training.train_and_evaluate(_config(checkpoint_every_minutes=0), str(copy))
     assert len(list((copy / "checkpoints_unreadable").iterdir())) == 2  # moved, not deleted
 
@@ -185,7 +186,7 @@ def test_config_history_and_accumulated_train_seconds(two_epoch_run, tmp_path):
     reader = checkpoint.Checkpointer(str(copy), read_only=True)
     seconds_at_checkpoint = reader.restore_meta()["train_seconds"]  # what the earlier session had trained
     reader.close()
-    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
         with pytest.raises(config_validation.ConfigError, match="pass --allow_config_change"):
             training.train_and_evaluate(_config(checkpoint_every_minutes=0, num_epochs=3), str(copy))
         longer = training.train_and_evaluate(_config(checkpoint_every_minutes=0, num_epochs=3), str(copy),
@@ -220,11 +221,12 @@ def test_an_empty_methods_list_is_refused(tmp_path):
 
 _SWEEP = """
 import json, sys
-from mbde_jax import config_utils, input_pipeline, sweep
+from mbde_jax import config_utils, sweep
+from mbde_jax.data import testing
 args = json.loads(sys.argv[1])
 config = config_utils.load_sibling(args["config"], "test").get_config()
 config.update_from_flattened_dict(args["overrides"])
-with input_pipeline.mocked_dataset("cifar10", num_examples=args["num_examples"], metadata_dir=args["meta"]):
+with testing.mocked_dataset("cifar10", num_examples=args["num_examples"], metadata_dir=args["meta"]):
     runs = sweep.run_sweep(config, ["mbde"], [0], args["root"])
 print("OUTCOMES " + json.dumps([run.outcome for run in runs]))
 """

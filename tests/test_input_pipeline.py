@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mbde_jax import input_pipeline, sharding
+from mbde_jax import sharding
+from mbde_jax.data import augmentation, epoch_plan, eval_input, preparation, testing, train_input
 from mbde_jax.data import info as dataset_info
 
 NUM_EXAMPLES = 203  # Not a multiple of any batch size used here.
@@ -36,10 +37,10 @@ def mesh():
 def mocked(request, tmp_path_factory):
     """(dataset name, pipeline) with NUM_EXAMPLES mock examples per split."""
     name = request.param
-    with input_pipeline.mocked_dataset(name, num_examples=NUM_EXAMPLES,
-                                       metadata_dir=str(tmp_path_factory.mktemp(f"{name}_metadata"))):
-        pipeline = input_pipeline.TrainPipeline(name, global_batch_size=BATCH, seed=7,
-                                                mesh=sharding.make_data_mesh())
+    with testing.mocked_dataset(name, num_examples=NUM_EXAMPLES,
+                                metadata_dir=str(tmp_path_factory.mktemp(f"{name}_metadata"))):
+        pipeline = train_input.TrainPipeline(name, global_batch_size=BATCH, seed=7,
+                                             mesh=sharding.make_data_mesh())
         yield name, pipeline
 
 
@@ -90,14 +91,14 @@ def _as_numpy(batches) -> list[dict[str, np.ndarray]]:
 
 def test_epoch_is_a_pure_function_of_seed_and_epoch(mocked, mesh):
     name, pipeline = mocked
-    again = input_pipeline.TrainPipeline(name, global_batch_size=BATCH, seed=7, mesh=mesh)
+    again = train_input.TrainPipeline(name, global_batch_size=BATCH, seed=7, mesh=mesh)
     first, second = _as_numpy(pipeline.epoch_batches(2)), _as_numpy(again.epoch_batches(2))
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
     # Another epoch, or another seed, gives another order.
     assert not np.array_equal(pipeline.epoch_plan(2).indices, pipeline.epoch_plan(3).indices)
-    other_seed = input_pipeline.TrainPipeline(name, global_batch_size=BATCH, seed=8, mesh=mesh)
+    other_seed = train_input.TrainPipeline(name, global_batch_size=BATCH, seed=8, mesh=mesh)
     assert not np.array_equal(other_seed.epoch_plan(2).indices, pipeline.epoch_plan(2).indices)
     next_epoch = _as_numpy(pipeline.epoch_batches(3))
     assert not np.array_equal(first[0]["image"], next_epoch[0]["image"])
@@ -124,23 +125,23 @@ def test_crop_is_a_window_of_the_padded_image_and_flip_mirrors_width():
     image = image.astype(np.uint8)
     offsets = [(y, x) for y in range(9) for x in range(9)]
     for flip in (False, True):
-        out = input_pipeline.augment_batch(
+        out = augmentation.augment_batch(
                 np.repeat(image[None], len(offsets), axis=0),
                 np.array([y for y, _ in offsets], np.int32), np.array([x for _, x in offsets], np.int32),
                 np.full(len(offsets), flip)).numpy()
         for (y, x), crop in zip(offsets, out):
             np.testing.assert_array_equal(crop, reference_augment(image, y, x, flip))
-    centre = input_pipeline.augment_batch(image[None], np.array([4], np.int32), np.array([4], np.int32),
-                                          np.array([True])).numpy()[0]
+    centre = augmentation.augment_batch(image[None], np.array([4], np.int32), np.array([4], np.int32),
+                                        np.array([True])).numpy()[0]
     np.testing.assert_array_equal(centre, image[:, ::-1])  # No shift + flip = the mirror image.
-    corner = input_pipeline.augment_batch(image[None], np.array([0], np.int32), np.array([0], np.int32),
-                                          np.array([False])).numpy()[0]
+    corner = augmentation.augment_batch(image[None], np.array([0], np.int32), np.array([0], np.int32),
+                                        np.array([False])).numpy()[0]
     assert not corner[:4].any() and not corner[:, :4].any()  # Four rows and columns of zero padding.
     np.testing.assert_array_equal(corner[4:, 4:], image[:28, :28])
 
 
 def test_epoch_plan_draws_every_offset_and_flips_half():
-    plan = input_pipeline.make_epoch_plan(20_000, seed=0, epoch=0)
+    plan = epoch_plan.make_epoch_plan(20_000, seed=0, epoch=0)
     for offsets in (plan.offset_y, plan.offset_x):
         counts = np.bincount(offsets, minlength=9)
         assert len(counts) == 9 and counts.min() > 20_000 / 9 * 0.9
@@ -150,9 +151,10 @@ def test_epoch_plan_draws_every_offset_and_flips_half():
 
 @pytest.mark.parametrize("batch", [32, 256])  # 203 = 6 * 32 + 11, and fewer examples than one batch.
 def test_eval_counts_every_example_exactly_once(mesh, tmp_path, batch):
-    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path)):
-        assert input_pipeline.num_eval_examples("cifar10") == NUM_EXAMPLES
-        batches = _as_numpy(input_pipeline.eval_batches("cifar10", global_batch_size=batch, mesh=mesh))
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path)):
+        evaluation = eval_input.EvalInput("cifar10", global_batch_size=batch, mesh=mesh)
+        assert evaluation.num_examples == NUM_EXAMPLES
+        batches = _as_numpy(evaluation.batches())
         source = tfds.as_numpy(tfds.builder("cifar10").as_dataset(split="test", batch_size=-1))
     assert len(batches) == -(-NUM_EXAMPLES // batch)
     assert all(b["image"].shape == (batch, 32, 32, 3) and b["mask"].shape == (batch,) for b in batches)
@@ -168,20 +170,20 @@ def test_eval_counts_every_example_exactly_once(mesh, tmp_path, batch):
 def test_batch_size_must_divide_over_devices(mesh, tmp_path):
     with pytest.raises(ValueError, match=r"config.batch_size=33 .*2 devices.*32 or 34"):
         sharding.check_batch_divisible(33, mesh)
-    with input_pipeline.mocked_dataset("cifar10", num_examples=20, metadata_dir=str(tmp_path)):
+    with testing.mocked_dataset("cifar10", num_examples=20, metadata_dir=str(tmp_path)):
         with pytest.raises(ValueError, match="config.batch_size=33"):
-            input_pipeline.TrainPipeline("cifar10", global_batch_size=33, seed=0, mesh=mesh)
+            train_input.TrainPipeline("cifar10", global_batch_size=33, seed=0, mesh=mesh)
         with pytest.raises(ValueError, match="config.eval_batch_size=3"):
-            input_pipeline.eval_batches("cifar10", global_batch_size=3, mesh=mesh)
+            eval_input.EvalInput("cifar10", global_batch_size=3, mesh=mesh)
         with pytest.raises(ValueError, match="larger than the 20 training examples"):
-            input_pipeline.TrainPipeline("cifar10", global_batch_size=64, seed=0, mesh=mesh)
+            train_input.TrainPipeline("cifar10", global_batch_size=64, seed=0, mesh=mesh)
 
 
 def test_unknown_dataset_lists_the_valid_ones(mesh):
     with pytest.raises(ValueError, match=r"'mnist'.*\['cifar10', 'cifar100', 'cinic10', 'digits'\]"):
-        input_pipeline.TrainPipeline("mnist", global_batch_size=BATCH, seed=0, mesh=mesh)
+        train_input.TrainPipeline("mnist", global_batch_size=BATCH, seed=0, mesh=mesh)
     with pytest.raises(ValueError, match="valid datasets"):
-        input_pipeline.prepare("imagenet")
+        preparation.prepare("imagenet")
 
 
 def test_mesh_and_shardings(mesh):

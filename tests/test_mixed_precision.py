@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbde_jax import config_utils, experiment, methods, sharding, training
+from mbde_jax import config_utils, experiment, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMAGES = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 3)), jnp.float32)

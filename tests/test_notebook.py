@@ -5,7 +5,6 @@ parameters come from MBDE_NOTEBOOK_PARAMS.
 """
 
 import json
-import os
 import pathlib
 
 import nbclient

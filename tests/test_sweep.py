@@ -16,7 +16,8 @@ import sys
 
 import pytest
 
-from mbde_jax import config_utils, input_pipeline, sweep, training
+from mbde_jax import config_utils, sweep, training
+from mbde_jax.data import testing, train_input
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_EXAMPLES = 64  # mocked examples per split: 8 steps of batch 8 per epoch
@@ -35,7 +36,7 @@ def _recording_training():
     each run trained, as the input pipeline was asked for it."""
     trained: dict[str, list] = {}
     current = []
-    original = input_pipeline.TrainPipeline.epoch_batches
+    original = train_input.TrainPipeline.epoch_batches
 
     def epoch_batches(self, epoch, start_batch=0):
         trained[current[-1]].append([epoch, start_batch])
@@ -47,14 +48,14 @@ def _recording_training():
         return training.run_experiment(experiment, workdir)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(input_pipeline.TrainPipeline, "epoch_batches", epoch_batches)
+        patch.setattr(train_input.TrainPipeline, "epoch_batches", epoch_batches)
         yield train_fn, trained
 
 
 def _sweep(root, metadata_dir, methods=METHODS, seeds=SEEDS):
     """Runs the sweep on mocked data; returns (planned runs with outcomes, what each run trained)."""
     with _recording_training() as (train_fn, trained), \
-            input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(metadata_dir)):
+            testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(metadata_dir)):
         runs = sweep.run_sweep(_config(), methods, seeds, str(root), train_fn=train_fn)
     return runs, trained
 

@@ -15,8 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from mbde_jax import (checkpoint, config_utils, config_validation, experiment, input_pipeline, losses, methods,
-                      optim, provenance, sharding, training)
+from mbde_jax import (checkpoint, config_utils, config_validation, experiment, losses, methods, optim, provenance,
+                      sharding, training)
+from mbde_jax.data import eval_input, testing
 from mbde_jax.evaluate import evaluate_workdir, format_metrics
 from mbde_jax.export import export_deployed, load_deployed
 
@@ -33,7 +34,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
 
 def _train(tmp_path, workdir_name="run", **overrides) -> tuple[str, dict]:
     workdir = str(tmp_path / workdir_name)
-    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
         results = training.train_and_evaluate(_config(**overrides), workdir)
     return workdir, results
 
@@ -84,7 +85,7 @@ def finished_run(tmp_path_factory):
 
 def test_evaluate_reproduces_the_final_metrics(finished_run):
     tmp_path, workdir, results = finished_run
-    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
         metrics = evaluate_workdir(workdir)
     for key, value in results["final"]["metrics"].items():
         if isinstance(value, float):
@@ -107,8 +108,8 @@ def test_exported_leader_reproduces_the_leader_accuracy(finished_run, tmp_path):
     assert jax.tree_util.tree_leaves(params["branches"])[0].shape[0] == 1  # the leader alone
     mesh = sharding.make_data_mesh()
     correct = total = 0
-    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
-        for batch in input_pipeline.eval_batches("cifar10", global_batch_size=8, mesh=mesh, download=False):
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
+        for batch in eval_input.EvalInput("cifar10", global_batch_size=8, mesh=mesh, download=False).batches():
             logits = np.asarray(model.predict(np.asarray(batch["image"])))
             mask = np.asarray(batch["mask"])
             correct += np.sum((logits.argmax(-1) == np.asarray(batch["label"])) * mask)
@@ -254,7 +255,7 @@ def test_batch_that_does_not_divide_over_devices_is_refused(tmp_path):
 
 def test_different_config_on_resume_is_refused_unless_allowed(finished_run):
     tmp_path, workdir, _ = finished_run
-    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
         with pytest.raises(ValueError, match=r"different config \(fields: kd_weight, temperature\).*"
                                              r"--allow_config_change"):
             training.train_and_evaluate(_config(method="okddip", temperature=4.0, kd_weight=2.0), workdir)
@@ -266,7 +267,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert good.latest_step() == STEPS_PER_EPOCH
     good.close()
     config = _config(method="individual", num_epochs=2, learning_rate=1e30)
-    with input_pipeline.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
         with pytest.raises(training.NonFiniteLossError,
                            match=rf"at step \d+ \(1-based\).*last good checkpoint \(step {STEPS_PER_EPOCH}\)"):
             training.train_and_evaluate(config, workdir, allow_config_change=True)

@@ -37,12 +37,11 @@ def prepare_command(dataset: str, data_dir: str | None, manual_dir: str | None) 
         raise SystemExit(f"mbde_jax.data: error: unknown dataset {dataset!r}; valid datasets are "
                          f"{sorted(dataset_info.DATASETS)}.")
     # Imported here so that `--help` and a misspelt dataset answer without loading TensorFlow.
-    from mbde_jax import input_pipeline  # pylint: disable=import-outside-toplevel
-    from mbde_jax.data import cinic10  # pylint: disable=import-outside-toplevel
+    from mbde_jax.data import cinic10, preparation  # pylint: disable=import-outside-toplevel
 
     try:
-        builder = input_pipeline.prepare(dataset, data_dir=data_dir, manual_dir=manual_dir)
-    except (input_pipeline.DatasetUnavailableError, cinic10.ArchiveError) as e:
+        builder = preparation.prepare(dataset, data_dir=data_dir, manual_dir=manual_dir)
+    except (preparation.DatasetUnavailableError, cinic10.ArchiveError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     splits = builder.info.splits

@@ -30,12 +30,13 @@ def main(args: dict) -> None:
 
     logging.set_verbosity(logging.INFO)  # the tests read "resumed from step N"
 
-    from mbde_jax import checkpoint, config_utils, experiment, input_pipeline, lifecycle, sharding, training
+    from mbde_jax import checkpoint, config_utils, experiment, lifecycle, sharding, training
+    from mbde_jax.data import testing, train_input
 
     config = config_utils.load_sibling(str(ROOT / "configs" / "test.py"), "test").get_config()
     config.update_from_flattened_dict(args.get("overrides", {}))
-    with input_pipeline.mocked_dataset(config.dataset, num_examples=args["num_examples"],
-                                       metadata_dir=args["metadata_dir"]):
+    with testing.mocked_dataset(config.dataset, num_examples=args["num_examples"],
+                                metadata_dir=args["metadata_dir"]):
         if args["mode"] == "train":
             kill_step = args.get("kill_after_checkpoint_step")
             if kill_step is not None:
@@ -74,8 +75,8 @@ def main(args: dict) -> None:
                 sys.exit(stopped.exit_code)
         else:
             mesh = sharding.make_data_mesh()
-            pipeline = input_pipeline.TrainPipeline(config.dataset, global_batch_size=config.batch_size,
-                                                    seed=config.seed, mesh=mesh, download=False)
+            pipeline = train_input.TrainPipeline(config.dataset, global_batch_size=config.batch_size,
+                                                 seed=config.seed, mesh=mesh, download=False)
             trainer = training.Trainer(experiment.resolve(config, mesh=mesh), pipeline.steps_per_epoch)
             state = trainer.init_state()
             losses = []
