@@ -44,6 +44,8 @@ def _parse(tool: str, doc: str, argv: Sequence[str], define: Callable[[Flags], A
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # absl logging reads its flags from here
     absl_logging.use_absl_handler()
+    if flags.FLAGS["verbosity"].using_default_value:
+        flags.FLAGS.verbosity = 0  # INFO, as absl's app.run does: the progress and evaluation lines are INFO
     return defined, positional
 
 

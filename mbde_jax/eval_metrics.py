@@ -13,7 +13,7 @@ cross-entropy), and the attention matrix [peers, peers] or ONE's gate [branches]
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -85,30 +85,34 @@ def accumulate(batch_sums: Iterable[dict[str, jax.Array]]) -> dict[str, np.ndarr
     return total
 
 
-def summarize(total: dict[str, np.ndarray], method: Method, num_branches: int) -> dict:
-    """Turns accumulated sums into the reported metrics (accuracies in %, JSON-friendly)."""
+def summarize(total: dict[str, np.ndarray], names: Sequence[str], deployed: int, has_leader: bool) -> dict:
+    """Turns accumulated sums into the reported metrics (accuracies in %, JSON-friendly).
+
+    Args:
+      names: the branches' names in branch order (head_names); deployed: the deployed branch's index;
+      has_leader: the last branch is a group leader, not a peer.
+    """
     count = float(total["count"])
     if count == 0:
         raise ValueError("evaluation saw no examples (every mask was 0)")
-    names = head_names(method, num_branches)
     metrics: dict = {"num_examples": int(count)}
     for k in ("top1", "top5"):
         per_branch = 100.0 * total[f"{k}/branches"] / count
         for name, value in zip(names, per_branch):
             metrics[f"{k}/{name}"] = float(value)
-        peer_values = per_branch[:-1] if method.has_leader else per_branch
+        peer_values = per_branch[:-1] if has_leader else per_branch
         metrics[f"{k}/peer_mean"] = float(np.mean(peer_values))
         metrics[f"{k}/peer_ensemble"] = float(100.0 * total[f"{k}/peer_ensemble"] / count)
         if f"{k}/gated_ensemble" in total:
             metrics[f"{k}/gated_ensemble"] = float(100.0 * total[f"{k}/gated_ensemble"] / count)
-        metrics[f"{k}/deployed"] = float(per_branch[deployed_branch(method, num_branches)])
-    metrics["ce/deployed"] = float(total["ce/branches"][deployed_branch(method, num_branches)] / count)
+        metrics[f"{k}/deployed"] = float(per_branch[deployed])
+    metrics["ce/deployed"] = float(total["ce/branches"][deployed] / count)
     metrics["diversity"] = float(total["diversity"] / count)
     if "attention" in total:
         metrics["attention"] = (total["attention"] / count).tolist()
     if "gate" in total:
         metrics["gate"] = (total["gate"] / count).tolist()
-    metrics["deployed_head"] = names[deployed_branch(method, num_branches)]
+    metrics["deployed_head"] = names[deployed]
     return metrics
 
 

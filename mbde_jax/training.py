@@ -140,7 +140,9 @@ class Trainer:
 
     def evaluate(self, state: TrainState, batches: Iterator[dict[str, jax.Array]]) -> dict:
         total = eval_metrics.accumulate(self.eval_step(state, batch) for batch in batches)
-        return eval_metrics.summarize(total, self.experiment.method, self.experiment.num_branches)
+        experiment = self.experiment
+        return eval_metrics.summarize(total, experiment.head_names, experiment.deployed_branch,
+                                      experiment.method.has_leader)
 
 
 def restore_latest(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | None = None

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mbde_jax import config_utils, methods
+from mbde_jax import config_utils, experiment, methods
 from mbde_jax.models import BACKBONES
 from mbde_jax.models.online_kd import OnlineKDModel
 
@@ -78,7 +78,7 @@ def test_every_architecture_has_only_explicit_names(arch):
 def test_every_method_has_only_explicit_names(method):
     config = config_utils.load_sibling(str(ROOT / "configs" / "test.py"), "test").get_config()
     config.method = method
-    _assert_explicit(_variables(methods.build_model(config)), RESNET + "|" + HEADS)
+    _assert_explicit(_variables(experiment.resolve(config).model), RESNET + "|" + HEADS)
 
 
 def test_resnet_basic_block_names():

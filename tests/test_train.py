@@ -186,7 +186,7 @@ def test_optimizer_matches_a_pytorch_style_nesterov_update():
 
 
 def test_learning_rate_schedule_epochs():
-    config = _config(learning_rate=0.1, lr_boundaries_epochs=(150, 225), lr_decay_factor=0.1)
+    config = _config(learning_rate=0.1, lr_boundaries_epochs=(150, 225), lr_decay_factor=0.1, num_epochs=300)
     lr_of_epoch = lambda epoch: float(experiment.resolve(config).learning_rate(epoch))  # 0-based  # noqa: E731
     np.testing.assert_allclose([lr_of_epoch(0), lr_of_epoch(147), lr_of_epoch(148)], 0.1, rtol=1e-6)
     np.testing.assert_allclose([lr_of_epoch(149), lr_of_epoch(223)], 0.01, rtol=1e-6)
