@@ -12,7 +12,7 @@ if __name__ == "__main__":  # `python -m mbde_jax.evaluate`: the command line an
 
 import json
 
-from mbde_jax import cli_errors, logs, provenance, training
+from mbde_jax import cli_errors, logs, provenance, training, workdir as run_files
 from mbde_jax.data.eval_input import EvalInput
 
 
@@ -26,7 +26,9 @@ def evaluate_workdir(workdir: str, split: str | None = None, step: int | None = 
     metrics = trainer.evaluate(state, eval_input.batches())
     metrics["step"] = int(state.step)
     metrics["split"] = split or "test"
-    history = meta.get("history") or [{}]
+    # A checkpoint is written before its epoch is evaluated, so that of a run's first evaluation holds no
+    # history yet; the workdir's history.json then does.
+    history = meta.get("history") or run_files.read_if_present(workdir, run_files.HISTORY_FILE) or [{}]
     metrics["provenance"] = {"run": history[-1].get("provenance"), "evaluation": provenance.collect()}
     return metrics
 

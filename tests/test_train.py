@@ -98,6 +98,14 @@ def test_evaluate_reproduces_the_final_metrics(finished_run):
     assert text.splitlines()[1].startswith(f"evaluated with: python {platform.python_version()}, jax ")
 
 
+def test_evaluate_names_the_provenance_of_a_run_of_one_epoch(tmp_path):
+    """Its only checkpoint was written before its only evaluation, so the history comes from history.json."""
+    workdir, results = _train(tmp_path, num_epochs=1, lr_boundaries_epochs=(), rampup_epochs=1)
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
+        metrics = evaluate_workdir(workdir)
+    assert metrics["provenance"]["run"] == results["provenance"] is not None
+
+
 def test_exported_leader_reproduces_the_leader_accuracy(finished_run, tmp_path):
     data_tmp, workdir, results = finished_run
     spec = export_deployed(workdir, str(tmp_path / "export"))
