@@ -20,6 +20,12 @@ from absl import logging
 
 from mbde_jax import distributed
 
+# The layout of the saved state's tree, recorded in every checkpoint's metadata. Raised whenever the tree changes
+# (layer names, optimizer state), so that a workdir of another layout is refused by name rather than taken for
+# damaged. Layout 1 (unrecorded): Flax's call-order layer names, the learning-rate schedule in the optimizer
+# state. Layout 2: explicit layer names, the learning rate applied outside the optimizer.
+STATE_LAYOUT = 2
+
 # Orbax writes a step into '<step>.orbax-checkpoint-tmp-<n>' and renames it when complete; a run killed mid-save
 # leaves that folder behind.
 TMP_PATTERN = "*.orbax-checkpoint-tmp*"
@@ -31,6 +37,20 @@ class CheckpointSaveError(OSError):
 
 class CheckpointUnreadableError(RuntimeError):
     """No checkpoint of a workdir can be read; the unreadable ones were moved aside, not deleted."""
+
+
+class CheckpointLayoutError(ValueError):
+    """A workdir's checkpoints hold a state of another layout than this version reads; nothing was changed."""
+
+
+def check_layout(meta: dict, directory: str) -> None:
+    """Raises CheckpointLayoutError unless the checkpoint whose metadata is `meta` has this version's layout."""
+    found = meta.get("state_layout", 1)
+    if found != STATE_LAYOUT:
+        raise CheckpointLayoutError(
+            f"{directory} holds checkpoints of state layout {found}; this mbde_jax reads layout {STATE_LAYOUT} "
+            f"(explicit layer names, the learning rate outside the optimizer state), so they cannot be restored. "
+            f"Use a new --workdir, or the mbde_jax version that made them; the checkpoints were left as they are.")
 
 
 class Checkpointer:
@@ -113,7 +133,8 @@ class Checkpointer:
         """Saves `state` and `meta` at `step` (returns once the checkpoint is complete on disk)."""
         try:
             self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta, state_layout=STATE_LAYOUT))),
+                force=True)
         except Exception as error:  # ENOSPC and EACCES reach us wrapped in orbax's and tensorstore's types
             self._remove_partial_saves()
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]

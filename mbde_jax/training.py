@@ -154,6 +154,7 @@ def restore_latest(workdir: str, step: int | None = None, *, mesh: jax.sharding.
         if checkpointer.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: the run in {workdir} has not "
                                     f"saved one yet.")
+        checkpoint.check_layout(checkpointer.restore_meta(), checkpointer.directory)
         state, meta = checkpointer.restore(trainer.abstract_state(), step=step)
     finally:
         checkpointer.close()
@@ -204,6 +205,7 @@ def _restore_or_init(workdir, trainer, checkpointer, current_config, allow_confi
     if checkpointer.latest_step() is None:
         return trainer.init_state(), {"config": current_config, "history": [], "best": None, "train_seconds": 0.0}
     saved = checkpointer.restore_meta()
+    checkpoint.check_layout(saved, checkpointer.directory)  # before a restore could take it for damaged
     differences = run_files.config_differences(saved["config"], current_config)
     shaping = [name for name in differences if name in run_files.STATE_SHAPING_FIELDS]
     if shaping:

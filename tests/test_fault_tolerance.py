@@ -129,6 +129,23 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_used(two_epo
     _leaves_equal(workdir, str(copy))
 
 
+def test_a_checkpoint_of_another_state_layout_is_refused_and_left_in_place(two_epoch_run, tmp_path, monkeypatch):
+    data_tmp, workdir, _ = two_epoch_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    before = sorted(path.name for path in (copy / "checkpoints").iterdir())
+    monkeypatch.setattr(checkpoint, "STATE_LAYOUT", checkpoint.STATE_LAYOUT + 1)  # as a later version would read
+    message = (rf"{copy / 'checkpoints'} holds checkpoints of state layout {checkpoint.STATE_LAYOUT - 1}; this "
+               rf"mbde_jax reads layout {checkpoint.STATE_LAYOUT} ")
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
+        with pytest.raises(checkpoint.CheckpointLayoutError, match=message):
+            training.train_and_evaluate(_config(checkpoint_every_minutes=0), str(copy))
+        with pytest.raises(checkpoint.CheckpointLayoutError, match=message):
+            training.restore_latest(str(copy))
+    assert sorted(path.name for path in (copy / "checkpoints").iterdir()) == before
+    assert not (copy / "checkpoints_unreadable").exists()
+
+
 def test_no_readable_checkpoint_is_one_clear_error(two_epoch_run, tmp_path):
     data_tmp, workdir, _ = two_epoch_run
     copy = tmp_path / "run"
