@@ -9,15 +9,12 @@ writes into --out (default <path>/report when one path is given):
                            peer ensemble, the peer mean and the diversity, each as mean +- sample std (ddof=1)
                            over seeds with the number of seeds; best-epoch numbers only in their own, labelled
                            columns (the best epoch is picked on the test set, so it is for reference only).
-  accuracy.png             test top-1 accuracy of every head against epoch, one panel per method; lines are the
-                           mean over seeds, bands +- one sample std (of the deployed head and the ensembles only:
-                           a band per peer would hide the curves).
-  diversity.png            peer diversity against epoch, one line (and band) per method.
-  attention.png            mean peer attention [peer, peer] or ONE's gate [branch] of the final epoch, one heat
-                           map per method that has one (not written when no method has either).
-  schedule.png             learning rate and ramp-up weight w(e) against epoch.
-Figures are drawn without pyplot (rendered by Agg; no display needed). Their sizes are fixed, in pixels at DPI 100: accuracy and attention 480 x 360 per panel (at most 3 panels a row),
-diversity 640 x 400, schedule 960 x 360.
+  accuracy.png, diversity.png, attention.png, schedule.png
+                           the figures of mbde_jax.report_plots (accuracy of every head per method on one shared
+                           y axis, diversity, final attention or gate, learning rate and w(e)), mean over seeds
+                           with +- one sample std bands clipped to each metric's range; attention.png is not
+                           written when no method has attention or a gate. Epochs are 1-based everywhere, as in
+                           history.json and config.lr_boundaries_epochs.
 
 A run is left out, and named with the reason in results.md, when it is incomplete (no results.json, or its final
 epoch is not the config's num_epochs), when one of its JSON files cannot be read, when its config differs from
@@ -26,7 +23,7 @@ jax/jaxlib/flax versions than the others, or when it repeats a method and seed a
 Nothing is averaged in silently.
 
 The notebook-friendly pieces: load_runs, summarize, plot_accuracy, plot_diversity, plot_attention,
-plot_schedule (each returns a matplotlib Figure) and write_report.
+plot_schedule (each returns a matplotlib Figure; they live in mbde_jax.report_plots) and write_report.
 """
 
 from __future__ import annotations
@@ -42,21 +39,18 @@ import math
 import os
 from typing import Sequence
 
-import matplotlib
-import matplotlib.ticker
 import numpy as np
-# Figures are made without pyplot and saved through Agg: no display is needed, and importing this module in a
-# notebook leaves its backend (inline plots) alone.
-from matplotlib.figure import Figure
 
 from mbde_jax import cli_errors
-from mbde_jax.runs import Run, by_method, find_workdirs, included, load_runs, method_order  # noqa: F401 (notebook API)
+from mbde_jax.report_plots import (
+    DPI, lr_schedule_text, no_runs_error, plot_accuracy, plot_attention, plot_diversity, plot_schedule)
+from mbde_jax.runs import Run, by_method, find_workdirs, included, load_runs, method_order
 
-DPI = 100
-PANEL_INCHES = (4.8, 3.6)
-MAX_COLUMNS = 3
-DIVERSITY_INCHES = (6.4, 4.0)
-SCHEDULE_INCHES = (9.6, 3.6)
+__all__ = [  # the notebook API (the plots re-exported from mbde_jax.report_plots, the runs from mbde_jax.runs)
+    "Run", "MethodSummary", "Stat", "find_workdirs", "load_runs", "summarize", "markdown_table", "results_markdown",
+    "write_csv", "plot_accuracy", "plot_diversity", "plot_attention", "plot_schedule", "write_report", "main"]
+
+
 # --- Tables ------------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +123,8 @@ _COLUMNS = (  # (markdown header, csv stem, MethodSummary field, decimals)
 def _describe_config(config: dict, num_branches: int | None) -> str:
     branches = f", {num_branches} branches" if num_branches else ""
     return (f"{config['dataset']}, {config['arch']}{branches}, {config['num_epochs']} epochs of batch "
-            f"{config['batch_size']}, lr {config['learning_rate']} (x{config['lr_decay_factor']} at epochs "
-            f"{', '.join(str(e) for e in config['lr_boundaries_epochs'])}), ramp-up {config['rampup_epochs']} "
-            f"epochs, T {config['temperature']}")
+            f"{config['batch_size']}, {lr_schedule_text(config)}, ramp-up {config['rampup_epochs']} epochs, "
+            f"T {config['temperature']}")
 
 
 def markdown_table(rows: Sequence[MethodSummary]) -> str:
@@ -194,170 +187,6 @@ def write_csv(rows: Sequence[MethodSummary], path: str) -> None:
             writer.writerow(cells)
 
 
-# --- Plots -------------------------------------------------------------------------------------------------------
-
-def _curves(group: Sequence[Run], read) -> tuple[np.ndarray, np.ndarray]:
-    """Epochs [evals] and values [seeds, evals] of `read(history entry)` over the runs of one method."""
-    epochs = [tuple(entry["epoch"] for entry in run.history) for run in group]
-    if len(set(epochs)) != 1:
-        raise ValueError(f"runs of {group[0].method} were evaluated at different epochs: "
-                         f"{[run.workdir for run in group]}")
-    values = np.array([[read(entry) for entry in run.history] for run in group], np.float64)
-    return np.array(epochs[0]), values
-
-
-def _mean_and_band(ax, epochs: np.ndarray, values: np.ndarray, band: bool = True, **style) -> None:
-    """Plots the mean over seeds [seeds, evals] and, with two or more seeds, a +- one sample std band."""
-    mean = values.mean(axis=0)
-    (line,) = ax.plot(epochs, mean, **style)
-    if band and values.shape[0] > 1:
-        std = values.std(axis=0, ddof=1)
-        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15, linewidth=0)
-
-
-def _panel_grid(num_panels: int, panel_inches=PANEL_INCHES) -> tuple[Figure, list]:
-    columns = min(num_panels, MAX_COLUMNS)
-    rows = math.ceil(num_panels / columns)
-    fig = Figure(figsize=(columns * panel_inches[0], rows * panel_inches[1]), dpi=DPI, layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False).ravel().tolist()
-    for ax in axes[num_panels:]:
-        ax.set_visible(False)
-    return fig, axes[:num_panels]
-
-
-def _epoch_axis(ax) -> None:
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-
-
-def _seeds_label(group: Sequence[Run]) -> str:
-    return f"n={len(group)} seed{'s' if len(group) > 1 else ''}"
-
-
-def _branch_heads(metrics: dict) -> list[str]:
-    """The per-branch heads in branch order: peer_0.. then leader, or branch_0.."""
-    heads = [key.split("/", 1)[1] for key in metrics if key.startswith("top1/")]
-    numbered = sorted((h for h in heads if h.startswith(("peer_", "branch_")) and h.split("_")[-1].isdigit()),
-                      key=lambda h: (h.split("_")[0], int(h.split("_")[-1])))
-    return numbered + (["leader"] if "leader" in heads else [])
-
-
-def _no_runs_error(runs: Sequence[Run]) -> ValueError:
-    reasons = "\n  ".join(f"{run.workdir}: {run.left_out}" for run in runs)
-    return ValueError(f"no run can be reported; every run was left out:\n  {reasons}")
-
-
-def _used_groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    """by_method(runs), which must not be empty."""
-    groups = by_method(runs)
-    if not groups:
-        raise _no_runs_error(runs)
-    return groups
-
-
-def plot_accuracy(runs: Sequence[Run]) -> Figure:
-    """Test top-1 accuracy (%) of every head against epoch, one panel per method, mean and +- std band."""
-    groups = _used_groups(runs)
-    fig, axes = _panel_grid(len(groups))
-    for ax, (method, group) in zip(axes, groups.items()):
-        final = group[0].final_metrics
-        branch_heads = _branch_heads(final)
-        peers = [h for h in branch_heads if h != "leader"]
-        colours = matplotlib.colormaps["viridis"](np.linspace(0.15, 0.85, max(len(peers), 1)))
-        for head in branch_heads:
-            deployed = head == final["deployed_head"]
-            label = f"{head} (deployed)" if deployed else head
-            style = dict(color="black", linewidth=2.2, zorder=3) if deployed else \
-                dict(color=colours[peers.index(head)], linewidth=1.0)
-            epochs, values = _curves(group, lambda e, h=head: e["metrics"][f"top1/{h}"])
-            _mean_and_band(ax, epochs, values, band=deployed, label=label, **style)
-        if len(peers) > 1:
-            for head, style in (("peer_ensemble", dict(color="tab:red", linestyle="--")),
-                                ("gated_ensemble", dict(color="tab:orange", linestyle="-.")),
-                                ("peer_mean", dict(color="tab:blue", linestyle=":", band=False))):
-                if f"top1/{head}" in final:
-                    epochs, values = _curves(group, lambda e, h=head: e["metrics"][f"top1/{h}"])
-                    _mean_and_band(ax, epochs, values, label=head.replace("_", " "), linewidth=1.4, **style)
-        ax.set_title(f"{method} ({_seeds_label(group)}; bands: deployed and ensembles)", fontsize=10)
-        _epoch_axis(ax)
-        ax.set_ylabel("test top-1 accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    return fig
-
-
-def plot_diversity(runs: Sequence[Run]) -> Figure:
-    """Peer diversity (mean pairwise L2 distance of the peers' softmax outputs) against epoch, per method."""
-    groups = _used_groups(runs)
-    fig = Figure(figsize=DIVERSITY_INCHES, dpi=DPI, layout="constrained")
-    ax = fig.subplots()
-    for method, group in groups.items():
-        epochs, values = _curves(group, lambda e: e["metrics"]["diversity"])
-        _mean_and_band(ax, epochs, values, label=f"{method} ({_seeds_label(group)})", marker="o", markersize=3)
-    ax.set_title("diversity of the peers' predictions (test set)")
-    _epoch_axis(ax)
-    ax.set_ylabel("mean pairwise L2 distance of softmax")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def plot_attention(runs: Sequence[Run]) -> Figure | None:
-    """Heat maps of the final epoch's mean attention [peer a, peer b] (row a: the weights peer a's target gives
-    each peer b) or ONE's gate [branch], averaged over test examples and seeds; None if no method has either."""
-    groups = {method: group for method, group in by_method(runs).items()
-              if "attention" in group[0].final_metrics or "gate" in group[0].final_metrics}
-    if not groups:
-        return None
-    fig, axes = _panel_grid(len(groups))
-    for ax, (method, group) in zip(axes, groups.items()):
-        kind = "attention" if "attention" in group[0].final_metrics else "gate"
-        matrix = np.mean([np.atleast_2d(run.final_metrics[kind]) for run in group], axis=0)
-        image = ax.imshow(matrix, cmap="magma", vmin=0.0, vmax=max(float(matrix.max()), 1e-6), aspect="auto")
-        for (i, j), value in np.ndenumerate(matrix):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9,
-                    color="black" if value > 0.6 * matrix.max() else "white")
-        size = matrix.shape[1]
-        if kind == "attention":
-            ax.set_xticks(range(size), [f"peer {b}" for b in range(size)])
-            ax.set_yticks(range(size), [f"peer {a}" for a in range(size)])
-            ax.set_xlabel("peer b (whose logits are mixed in)")
-            ax.set_ylabel("peer a (whose target)")
-        else:
-            ax.set_xticks(range(size), [f"branch {b}" for b in range(size)])
-            ax.set_yticks([])
-            ax.set_xlabel("branch")
-        ax.set_title(f"{method}: mean {kind}, final epoch ({_seeds_label(group)})", fontsize=10)
-        fig.colorbar(image, ax=ax, shrink=0.8)
-    return fig
-
-
-def plot_schedule(runs: Sequence[Run]) -> Figure:
-    """Learning rate (at each evaluated epoch's last step) and ramp-up weight w(e) against epoch."""
-    groups = _used_groups(runs)
-    fig = Figure(figsize=SCHEDULE_INCHES, dpi=DPI, layout="constrained")
-    lr_ax, ramp_ax = fig.subplots(1, 2)
-    # The schedule is a function of the config, which the used runs share: one curve says it for all of them.
-    run = next(iter(groups.values()))[0]
-    epochs = [entry["epoch"] for entry in run.history]
-    # Both are constant over an epoch: the value at epoch e holds over (e - 1, e].
-    lr_ax.step(epochs, [entry["learning_rate"] for entry in run.history], where="pre", marker="o", markersize=3)
-    lr_ax.set_yscale("log")
-    lr_ax.set_title("learning rate (last step of the epoch)")
-    lr_ax.set_ylabel("learning rate")
-    ramp_ax.step(epochs, [entry["ramp_weight"] for entry in run.history], where="pre", marker="o", markersize=3,
-                 color="tab:green")
-    ramp_ax.set_ylim(-0.03, 1.03)
-    title = "ramp-up weight w(e) of the distillation terms"
-    ramp_ax.set_title(title + ("\n(dml does not use it)" if "dml" in groups else ""), fontsize=10)
-    ramp_ax.set_ylabel("w(e)")
-    for ax in (lr_ax, ramp_ax):
-        _epoch_axis(ax)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"schedule of every run ({run.config['num_epochs']} epochs, the same config)", fontsize=10)
-    return fig
-
-
 # --- The report --------------------------------------------------------------------------------------------------
 
 def write_report(paths: Sequence[str], out_dir: str) -> dict[str, str]:
@@ -370,7 +199,7 @@ def write_report(paths: Sequence[str], out_dir: str) -> dict[str, str]:
     """
     runs = load_runs(paths)
     if not included(runs):
-        raise _no_runs_error(runs)
+        raise no_runs_error(runs)
     os.makedirs(out_dir, exist_ok=True)
     written = {}
     figures = {"accuracy.png": plot_accuracy(runs), "diversity.png": plot_diversity(runs),

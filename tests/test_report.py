@@ -1,5 +1,7 @@
 """The report on the test sweep of tests/test_sweep.py (configs/test.py, mbde and one, seeds 0 and 1, mocked
-CIFAR-10): table numbers recomputed from results.json, every PNG, and the runs it must leave out."""
+CIFAR-10): table numbers recomputed from results.json, every PNG, and the runs it must leave out; then the
+figures on runs made up in memory: one y range for every accuracy panel, std bands clipped and named in the
+legend, the schedule's drops at the 1-based boundary epochs, and the setting line's wording."""
 
 import csv
 import json
@@ -7,10 +9,13 @@ import pathlib
 import shutil
 import statistics
 
+import matplotlib.colors
+import numpy as np
 import pytest
 from PIL import Image
 
-from mbde_jax import report
+from mbde_jax import losses, optim, report, report_plots
+from mbde_jax.runs import Run
 from test_sweep import METHODS, SEEDS, built_sweep
 
 # name -> (width, height) in pixels: 480 x 360 per panel, one panel per method here.
@@ -88,7 +93,7 @@ def test_the_plots_are_figures_for_a_notebook(sweep_root):
     fig = report.plot_accuracy(runs)
     assert [ax.get_title().split(" ")[0] for ax in fig.axes] == list(METHODS)
     mbde_panel = fig.axes[0]
-    labels = [line.get_label() for line in mbde_panel.get_lines()]
+    labels = [line.get_label() for line in mbde_panel.get_lines() if not line.get_label().startswith("_")]
     assert labels == ["peer_0", "peer_1", "leader (deployed)", "peer ensemble", "peer mean"]
     # The deployed line is the mean over seeds of the deployed head's accuracy at each evaluated epoch.
     histories = [run.history for run in runs if run.method == "mbde"]
@@ -205,3 +210,141 @@ def test_a_run_with_an_unreadable_json_file_is_named_and_the_rest_reported(sweep
     assert f"unreadable: {copy / 'one' / 'seed_1' / 'config.json'} cannot be read (UnicodeDecodeError" in left_out
     table = _table(markdown)
     assert table["mbde"]["seeds"] == "0" and table["one"]["seeds"] == "0"
+
+
+# --- The figures, on runs made up in memory (no training): any accuracy, spread and schedule -------------------
+
+FAKE_CONFIG = dict(dataset="digits", arch="resnet32", num_epochs=10, batch_size=32, learning_rate=0.1,
+                   lr_boundaries_epochs=(6, 9), lr_decay_factor=0.1, rampup_epochs=5, temperature=3.0)
+FAKE_HEADS = {"mbde": (["peer_0", "peer_1", "leader"], "leader"),
+              "one": (["branch_0", "branch_1", "branch_2"], "branch_0"), "vanilla": (["branch_0"], "branch_0")}
+# The learning rate and w(e) of the 1-based epochs 1..10 of FAKE_CONFIG: x0.1 from the 6th and from the 9th.
+FAKE_LR = [0.1] * 5 + [0.01] * 3 + [0.001] * 2
+FAKE_RAMP = [float(np.exp(-5.0 * (1.0 - min(e, 5) / 5) ** 2)) for e in range(10)]
+
+
+def _fake_run(method: str, seed: int, final_accuracy: float, final_diversity: float) -> Run:
+    """A finished run of FAKE_CONFIG whose heads climb linearly to final_accuracy at epoch 10."""
+    heads, deployed = FAKE_HEADS[method]
+    history = []
+    for epoch in range(1, 11):
+        accuracy = final_accuracy * (0.5 + 0.05 * epoch)
+        metrics = {f"top1/{head}": accuracy for head in heads + ["deployed", "peer_ensemble"]}
+        metrics.update({"top1/peer_mean": accuracy - 1.0, "deployed_head": deployed,
+                        "diversity": final_diversity * epoch / 10})
+        if method == "one":
+            metrics.update({"top1/gated_ensemble": accuracy, "gate": [0.5, 0.3, 0.2]})
+        if method == "mbde":
+            metrics["attention"] = [[0.9, 0.1], [0.2, 0.8]]
+        history.append({"epoch": epoch, "metrics": metrics, "learning_rate": FAKE_LR[epoch - 1],
+                        "ramp_weight": FAKE_RAMP[epoch - 1]})
+    results = {"final": history[-1], "best": history[-1], "num_branches": len(heads)}
+    return Run(f"/fake/{method}/seed_{seed}", dict(FAKE_CONFIG, method=method, seed=seed), history, results)
+
+
+@pytest.fixture(scope="module")
+def fake_runs() -> list[Run]:
+    """mbde: 3 seeds whose final mean + std of accuracy is past 100 and mean - std of diversity below 0; one
+    around 60%, vanilla around 30% (panels that alone would get very different y ranges)."""
+    spread = {"mbde": ((99.9, 0.0), (99.5, 0.01), (93.0, 0.3)), "one": ((62.0, 0.2), (58.0, 0.3)),
+              "vanilla": ((30.0, 0.0), (28.0, 0.0))}
+    runs = [_fake_run(method, seed, accuracy, diversity) for method, seeds in spread.items()
+            for seed, (accuracy, diversity) in enumerate(seeds)]
+    final = [99.9, 99.5, 93.0]
+    assert statistics.mean(final) + statistics.stdev(final) > 100  # the band would leave [0, 100] unclipped
+    return runs
+
+
+def _bands(ax) -> list:
+    """The fill_between polygons of an axes."""
+    return [c for c in ax.collections if type(c).__name__ in ("PolyCollection", "FillBetweenPolyCollection")]
+
+
+def test_every_accuracy_panel_shares_one_y_range_within_0_and_100(fake_runs):
+    axes = report.plot_accuracy(fake_runs).axes
+    assert [ax.get_title().split(" ")[0] for ax in axes] == ["mbde", "one", "vanilla"]
+    limits = {ax.get_ylim() for ax in axes}
+    assert len(limits) == 1, limits  # the same accuracy is at the same height in every panel
+    ((low, high),) = limits
+    assert 0.0 <= low < 28.0 * 0.55 and 99.9 <= high <= 100.0  # every panel's data inside, never past 100
+
+
+def test_std_bands_are_clipped_to_the_range_of_their_metric(fake_runs):
+    accuracy_bands = [band for ax in report.plot_accuracy(fake_runs).axes for band in _bands(ax)]
+    assert accuracy_bands
+    tops = [band.get_paths()[0].vertices[:, 1].max() for band in accuracy_bands]
+    bottoms = [band.get_paths()[0].vertices[:, 1].min() for band in accuracy_bands]
+    assert max(tops) == 100.0 and min(bottoms) >= 0.0  # clipped at 100, not dropped
+    (diversity_ax,) = report.plot_diversity(fake_runs).axes
+    bottoms = [band.get_paths()[0].vertices[:, 1].min() for band in _bands(diversity_ax)]
+    assert bottoms and min(bottoms) == 0.0
+    assert diversity_ax.get_ylim()[0] == 0.0
+
+
+def _legend_entries(ax) -> list[str]:
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_the_legend_names_the_line_of_every_band(fake_runs):
+    mbde, one, vanilla = report.plot_accuracy(fake_runs).axes
+    expected = {mbde: ["leader (deployed) ±1 std", "peer ensemble ±1 std"],
+                one: ["branch_0 (deployed) ±1 std", "peer ensemble ±1 std", "gated ensemble ±1 std"],
+                vanilla: ["branch_0 (deployed) ±1 std"]}
+    for ax, banded in expected.items():
+        assert [entry for entry in _legend_entries(ax) if "std" in entry] == banded, ax.get_title()
+        assert "±1 std over seeds" in ax.get_title()
+        # Each band has its line's colour: the legend's "<line> ±1 std" is the line drawn on its band.
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        bands = _bands(ax)
+        assert len(bands) == len(banded)
+        for band, entry in zip(bands, banded):
+            colour = matplotlib.colors.to_rgb(lines[entry.removesuffix(" ±1 std")].get_color())
+            assert tuple(band.get_facecolor()[0][:3]) == pytest.approx(colour)
+    (diversity_ax,) = report.plot_diversity(fake_runs).axes
+    assert _legend_entries(diversity_ax) == ["mbde (n=3 seeds) ±1 std", "one (n=2 seeds) ±1 std"]
+    assert "vanilla" in " ".join(text.get_text() for text in diversity_ax.texts)  # one branch: not drawn
+
+
+def _value_over(line, x: float) -> float:
+    """The y of a drawn line at x (its path as drawn: a step line's steps, not its data points)."""
+    vertices = line.get_path().vertices
+    for (x0, y0), (x1, y1) in zip(vertices[:-1], vertices[1:]):
+        if min(x0, x1) < x < max(x0, x1):
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    raise AssertionError(f"the line does not reach x={x}")
+
+
+def test_the_schedule_drops_at_the_1_based_boundary_epochs(fake_runs):
+    lr_ax, ramp_ax = report.plot_schedule(fake_runs).axes
+    lr_line, ramp_line = lr_ax.get_lines()[0], ramp_ax.get_lines()[0]
+    vertices = lr_line.get_path().vertices
+    drops = [x for (x, y), (_, previous) in zip(vertices[1:], vertices[:-1]) if y < previous]
+    assert drops == [6.0, 9.0]
+    for epoch in range(1, 11):  # epoch e's value (what epoch e trains with) over [e, e + 1)
+        assert _value_over(lr_line, epoch + 0.5) == pytest.approx(FAKE_LR[epoch - 1], rel=1e-6), epoch
+        assert _value_over(ramp_line, epoch + 0.5) == pytest.approx(FAKE_RAMP[epoch - 1], rel=1e-6), epoch
+    marks = [line.get_xdata()[0] for line in lr_ax.get_lines() if line.get_linestyle() == ":"]
+    assert marks == [6, 9]
+    assert [text.get_text().strip() for text in lr_ax.texts] == ["x0.1 from epoch 6", "x0.1 from epoch 9"]
+    assert "x0.1 from epochs 6 and 9" in lr_ax.get_title()
+
+
+@pytest.mark.parametrize("boundaries, rampup", [((6, 9), 5), ((), 0), ((1,), 3), ((150, 225), 20)])
+def test_the_plotted_schedule_is_the_training_schedule(boundaries, rampup):
+    config = dict(FAKE_CONFIG, num_epochs=300, lr_boundaries_epochs=boundaries, rampup_epochs=rampup)
+    epochs, rates, ramp = report_plots.schedule_of_config(config)
+    assert epochs.tolist() == list(range(1, 301))
+    def trained(value):  # the training's function may give one number for every epoch
+        return np.broadcast_to(np.asarray(value, np.float64), epochs.shape)
+
+    assert rates == pytest.approx(trained(optim.learning_rate_at_epoch(epochs - 1, 0.1, boundaries, 0.1)), rel=1e-6)
+    assert ramp == pytest.approx(trained(losses.rampup_weight(epochs - 1, rampup)), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("boundaries, wording", [
+    ((), "constant lr 0.1, ramp-up"), ((2,), "lr 0.1, x0.1 from epoch 2, ramp-up"),
+    ((6, 9), "lr 0.1, x0.1 from epochs 6 and 9, ramp-up"), ((3, 6, 9), "lr 0.1, x0.1 from epochs 3, 6 and 9,")])
+def test_the_setting_line_words_the_lr_schedule_in_1_based_epochs(boundaries, wording):
+    line = report._describe_config(dict(FAKE_CONFIG, lr_boundaries_epochs=boundaries), 3)
+    assert line.startswith("digits, resnet32, 3 branches, 10 epochs of batch 32, ")
+    assert wording in line
