@@ -111,7 +111,9 @@ def get_config() -> config_dict.ConfigDict:
     config.checkpoint_every_minutes = 10.0
     # How many of the latest checkpoints are kept.
     config.keep_checkpoints = 3
-    # Training metrics are averaged and written every this many steps.
+    # Training metrics are averaged and written (TensorBoard) every this many steps, and at every epoch's end.
     config.log_every_steps = 50
+    # The console's progress line (epoch, step, images/s, ETA) every this many seconds.
+    config.log_every_seconds = 30.0
 
     return config

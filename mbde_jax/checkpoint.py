@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mbde_jax import distributed
+from mbde_jax import config_validation, distributed, workdir as workdir_files
 
 # The layout of the saved state's tree, recorded in every checkpoint's metadata. Raised whenever the tree changes
 # (layer names, optimizer state), so that a workdir of another layout is refused by name rather than taken for
@@ -184,3 +184,34 @@ def _checked_meta(meta: Any) -> dict:
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) of a pytree of arrays: the restore target."""
     return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore_or_init(workdir, trainer, checkpointer, current_config, allow_config_change):
+    """(state, meta) from the newest readable checkpoint, after checking its config against `current_config`;
+    or trainer's fresh state. A checkpoint of another state layout or of other state shapes is refused with one
+    line (config_validation.ConfigError), before anything is restored."""
+    if checkpointer.latest_step() is None:
+        return trainer.init_state(), {"config": current_config, "history": [], "best": None, "train_seconds": 0.0}
+    saved = checkpointer.restore_meta()
+    check_layout(saved, checkpointer.directory)  # before a restore could take it for damaged
+    differences = workdir_files.config_differences(saved["config"], current_config)
+    shaping = [name for name in differences if name in workdir_files.STATE_SHAPING_FIELDS]
+    if shaping:
+        changes = ", ".join(f"{name} {saved['config'].get(name)!r} -> {current_config.get(name)!r}"
+                            for name in shaping)
+        raise config_validation.ConfigError(
+            f"{workdir} holds a checkpoint whose state has other shapes ({changes}); it cannot be resumed with "
+            f"these values. Use a new --workdir, or the workdir's config.json values.")
+    if differences and not allow_config_change:
+        raise config_validation.ConfigError(
+            f"{workdir} holds a checkpoint of a run with a different config (fields: "
+            f"{', '.join(differences)}). Use a new --workdir, or pass --allow_config_change to resume it "
+            f"with the new values.")
+    state, meta = checkpointer.restore(trainer.abstract_state())
+    if differences and jax.process_index() == 0:
+        path = workdir_files.record_config_change(workdir, meta["config"], int(state.step), differences)
+        logging.warning("config changed (%s) at step %d; the previous config is kept in %s",
+                        ", ".join(differences), int(state.step), path)
+    meta["config"] = current_config
+    logging.info("resumed from step %d in %s", int(state.step), checkpointer.directory)
+    return state, meta

@@ -25,7 +25,7 @@ from typing import Any
 from absl import flags
 from absl import logging as absl_logging
 
-from mbde_jax import cli_errors, distributed
+from mbde_jax import cli_errors, distributed, logs
 
 Flags = flags.FlagValues
 
@@ -44,6 +44,7 @@ def _parse(tool: str, doc: str, argv: Sequence[str], define: Callable[[Flags], A
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # absl logging reads its flags from here
     absl_logging.use_absl_handler()
+    logs.quiet_console()
     if flags.FLAGS["verbosity"].using_default_value:
         flags.FLAGS.verbosity = 0  # INFO, as absl's app.run does: the progress and evaluation lines are INFO
     return defined, positional
@@ -96,6 +97,7 @@ def train(argv: Sequence[str] | None = None) -> None:
 
     (config, workdir, allow, launch), positional = _parse(tool, train.__doc__, argv, define)
     _no_positional(tool, positional)
+    logs.import_tensorflow_quietly()
     from mbde_jax import lifecycle  # pylint: disable=import-outside-toplevel
 
     try:
@@ -138,6 +140,7 @@ def sweep(argv: Sequence[str] | None = None) -> None:
     (config, methods, seeds, workdir, dry_run, launch, fv), positional = _parse(
         tool, sweep.__doc__, argv, define_required)
     _no_positional(tool, positional)
+    logs.import_tensorflow_quietly()
     from mbde_jax import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
 
     sweep_lib.main(config.value, methods.value if fv["methods"].present else None,
@@ -166,6 +169,7 @@ def evaluate(argv: Sequence[str] | None = None) -> None:
         "split": flags.DEFINE_string("split", None, "tfds split; default the dataset's test split.", flag_values=fv),
         "step": flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.", flag_values=fv),
         "json_path": flags.DEFINE_string("json", None, "Also write the metrics to this JSON file.", flag_values=fv)})
+    logs.import_tensorflow_quietly()
     from mbde_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
 
     evaluate_lib.main(**values)
@@ -180,6 +184,7 @@ def export(argv: Sequence[str] | None = None) -> None:
         "out": flags.DEFINE_string("out", None, "Directory to write the exported model to (required).",
                                    flag_values=fv),
         "step": flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.", flag_values=fv)})
+    logs.import_tensorflow_quietly()
     from mbde_jax import export as export_lib  # pylint: disable=import-outside-toplevel
 
     export_lib.main(**values)
@@ -235,6 +240,7 @@ def benchmark(argv: Sequence[str] | None = None):
     settings["overrides"] = [arg for arg in argv[2:] if arg.startswith("--config.")]
     if "config" in settings:
         settings["config_file"] = _flag_text(argv, "config")
+    logs.import_tensorflow_quietly()
     return benchmark_lib.run(command, **settings)
 
 
@@ -295,6 +301,7 @@ def data(argv: Sequence[str] | None = None) -> int:
     if len(positional) != 2 or positional[0] != "prepare":
         raise SystemExit(f"{tool}: error: usage: {tool} prepare <dataset> [--data_dir DIR] [--manual_dir DIR]; "
                          f"got {positional}.")
+    logs.import_tensorflow_quietly()
     return data_cli.prepare_command(positional[1], data_dir.value, manual_dir.value)
 
 

@@ -98,6 +98,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], Check | None, bool]] = {
     "checkpoint_every_minutes": ((float, int), _non_negative, False),
     "keep_checkpoints": ((int,), _at_least(1), False),
     "log_every_steps": ((int,), _at_least(1), False),
+    "log_every_seconds": ((float, int), _positive, False),
 }
 
 

@@ -7,8 +7,9 @@ Heads reported (top-1 and top-5 accuracy, in %):
   'peer_mean'         the mean of the peers' accuracies;
   'gated_ensemble'    ONE's gate-weighted ensemble (method 'one' only);
   'deployed'          the head the method deploys (its name is in `deployed_head`).
-Also: 'diversity' (OKDDip's mean pairwise L2 distance of the peers' softmax outputs), 'ce/deployed' (mean
-cross-entropy), and the attention matrix [peers, peers] or ONE's gate [branches] averaged over the examples.
+Also: the mean cross-entropy (nats) 'ce/<head>' of every branch, of the ensembles and of the deployed head,
+'diversity' (OKDDip's mean pairwise L2 distance of the peers' softmax outputs), and the attention matrix
+[peers, peers] or ONE's gate [branches] averaged over the examples.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def eval_sums(outputs: ModelOutput, labels: jax.Array, mask: jax.Array, method: 
     peers = logits[:-1] if method.has_leader else logits
     index = jnp.broadcast_to(labels[None, :, None], (logits.shape[0], labels.shape[0], 1))
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), index, -1)[..., 0]  # [m, B]
+
+    def summed_nll(head_logits):  # [B, classes] -> the masked sum of the cross-entropy
+        return jnp.sum(-jnp.take_along_axis(jax.nn.log_softmax(head_logits, -1), labels[:, None], -1)[:, 0] * mask)
+
     sums = {
         "count": jnp.sum(mask),
         "top1/branches": _correct(logits, labels, mask, 1),
@@ -63,11 +68,13 @@ def eval_sums(outputs: ModelOutput, labels: jax.Array, mask: jax.Array, method: 
         "top1/peer_ensemble": _correct(jnp.mean(peers, axis=0), labels, mask, 1),
         "top5/peer_ensemble": _correct(jnp.mean(peers, axis=0), labels, mask, 5),
         "ce/branches": jnp.sum(nll * mask, axis=-1),
+        "ce/peer_ensemble": summed_nll(jnp.mean(peers, axis=0)),
         "diversity": jnp.sum(losses.peer_diversity(peers) * mask),
     }
     if outputs.ensemble_logits is not None:
         sums["top1/gated_ensemble"] = _correct(outputs.ensemble_logits, labels, mask, 1)
         sums["top5/gated_ensemble"] = _correct(outputs.ensemble_logits, labels, mask, 5)
+        sums["ce/gated_ensemble"] = summed_nll(outputs.ensemble_logits.astype(jnp.float32))
     if outputs.attention is not None:
         sums["attention"] = jnp.einsum("bac,b->ac", outputs.attention, mask)
     if outputs.gate is not None:
@@ -106,6 +113,11 @@ def summarize(total: dict[str, np.ndarray], names: Sequence[str], deployed: int,
         if f"{k}/gated_ensemble" in total:
             metrics[f"{k}/gated_ensemble"] = float(100.0 * total[f"{k}/gated_ensemble"] / count)
         metrics[f"{k}/deployed"] = float(per_branch[deployed])
+    for name, value in zip(names, total["ce/branches"] / count):
+        metrics[f"ce/{name}"] = float(value)
+    for ensemble in ("peer_ensemble", "gated_ensemble"):
+        if f"ce/{ensemble}" in total:
+            metrics[f"ce/{ensemble}"] = float(total[f"ce/{ensemble}"] / count)
     metrics["ce/deployed"] = float(total["ce/branches"][deployed] / count)
     metrics["diversity"] = float(total["diversity"] / count)
     if "attention" in total:
@@ -115,7 +127,3 @@ def summarize(total: dict[str, np.ndarray], names: Sequence[str], deployed: int,
     metrics["deployed_head"] = names[deployed]
     return metrics
 
-
-def scalar_metrics(metrics: dict) -> dict[str, float]:
-    """The scalar entries of `summarize`'s output (for TensorBoard)."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -1,13 +1,34 @@
-"""Console logging that shows this project's progress, not every library's internals."""
+"""Console logging that shows this project's progress, not every library's internals.
+
+  * INFO records of orbax, tfds, jax internals and etils are dropped (warnings and errors are kept);
+  * our lines are short: level letter, time, message (absl's thread id and file:line are for debugging);
+  * TensorFlow's start-up banner (absl's pre-init notice, the oneDNN and CPU-feature notes), which its C++
+    code writes straight to file descriptor 2 while it is imported, is filtered out of that import's output;
+    every other line of it is passed on. TF_CPP_MIN_LOG_LEVEL defaults to 1 (TensorFlow's C++ INFO off).
+MBDE_DEBUG=1 keeps everything as the libraries write it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging as std_logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 
 from absl import logging
 
 # Libraries whose INFO lines (one per checkpoint file, per tf.data reader, ...) drown the training log.
 _QUIET_PATHS = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/etils/")
+# Lines TensorFlow's C++ code prints while it is imported, whatever TF_CPP_MIN_LOG_LEVEL says.
+TENSORFLOW_BANNER = ("All log messages before absl::InitializeLog() is called are written to STDERR",
+                      "oneDNN custom operations are on", "cpu_feature_guard.cc",
+                      "To enable the following instructions:")
+
+
+def _debugging() -> bool:
+    return bool(os.environ.get("MBDE_DEBUG"))
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -19,8 +40,56 @@ class _QuietLibraries(std_logging.Filter):
         return not any(path in record.pathname for path in _QUIET_PATHS)
 
 
+class _ShortFormat(std_logging.Formatter):
+    def __init__(self):
+        super().__init__("%(levelname).1s %(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+
 def quiet_library_info_logs() -> None:
     """Drops INFO/DEBUG records of orbax, tfds, jax internals and etils from absl's handler (idempotent)."""
     handler = logging.get_absl_handler()
     if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
         handler.addFilter(_QuietLibraries())
+
+
+def quiet_console() -> None:
+    """The command-line tools' console: library INFO dropped, short lines (unless MBDE_DEBUG is set)."""
+    if _debugging():
+        return
+    quiet_library_info_logs()
+    logging.get_absl_handler().setFormatter(_ShortFormat())
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+@contextlib.contextmanager
+def filtered_stderr(dropped: Sequence[str] = TENSORFLOW_BANNER) -> Iterator[None]:
+    """Holds what is written to file descriptor 2 (C++ code included) until the block ends, then passes on
+    every line that contains none of `dropped`."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            captured.seek(0)
+            output = captured.read().decode(errors="replace")
+            kept = [line for line in output.splitlines(keepends=True) if not any(d in line for d in dropped)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow (if installed) with its start-up banner filtered out of file descriptor 2."""
+    if "tensorflow" in sys.modules or _debugging():
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    with filtered_stderr():
+        try:
+            import tensorflow  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
+        except ImportError:
+            pass  # the extra is not installed: whoever needs it says so when it imports it

@@ -135,6 +135,8 @@ class Method:
       fixed_branches: the method always has this many branches (vanilla: 1), whatever the config says.
       deployed: the head kept for inference and reported as "the model".
       description: one line for listings.
+      ramped: its distillation terms are weighted by the ramp-up w(e) (dml's are not; individual and vanilla
+        have none).
     """
 
     name: str
@@ -147,6 +149,7 @@ class Method:
     shared_trunk: bool = True
     scale_trunk_gradient: bool = False
     fixed_branches: int | None = None
+    ramped: bool = True
 
 
 def _leader_method(name: str, heads: str, use_cd: bool, description: str) -> Method:
@@ -167,11 +170,11 @@ METHODS: dict[str, Method] = {
                     description="CL-ILR: mean of the other branches as target, trunk gradient / m"),
     "dml": Method(name="dml", objective=functools.partial(mean_of_others_objective, ramped=False),
                   heads="none", has_leader=False, min_branches=2, deployed="branch_0", shared_trunk=False,
-                  description="DML: independent networks, each taught by the mean of the others"),
+                  ramped=False, description="DML: independent networks, each taught by the mean of the others"),
     "individual": Method(name="individual", objective=cross_entropy_objective, heads="none", has_leader=False,
-                         min_branches=1, deployed="branch_0",
+                         min_branches=1, deployed="branch_0", ramped=False,
                          description="branches on a shared trunk trained with CE only"),
     "vanilla": Method(name="vanilla", objective=cross_entropy_objective, heads="none", has_leader=False,
                       min_branches=1, deployed="branch_0", fixed_branches=1,
-                      description="one network, CE"),
+                      ramped=False, description="one network, CE"),
 }

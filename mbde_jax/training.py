@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import time
 from typing import Any, Iterator
@@ -19,10 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from mbde_jax import (checkpoint, config_validation, distributed, eval_metrics, experiment as experiment_lib,
-                      lifecycle, logs, optim, provenance, sharding, train_metrics, workdir as run_files)
+                      lifecycle, logs, optim, progress, provenance, sharding, tensorboard_scalars,
+                      train_metrics, workdir as run_files)
 from mbde_jax.data import train_input
 from mbde_jax.data.eval_input import EvalInput
 from mbde_jax.experiment import Experiment
@@ -197,45 +198,19 @@ def run_experiment(experiment: Experiment, workdir: str, *, allow_config_change:
             f"create and write.") from None
     lock = lifecycle.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock, lifecycle.GracefulStop() as stop:
-        return _train_and_evaluate(experiment, workdir, allow_config_change, stop)
+        return _train_and_evaluate(experiment, workdir, allow_config_change, stop, time.time())
 
 
-def _restore_or_init(workdir, trainer, checkpointer, current_config, allow_config_change):
-    """(state, meta) from the newest readable checkpoint, after checking its config; or a fresh state."""
-    if checkpointer.latest_step() is None:
-        return trainer.init_state(), {"config": current_config, "history": [], "best": None, "train_seconds": 0.0}
-    saved = checkpointer.restore_meta()
-    checkpoint.check_layout(saved, checkpointer.directory)  # before a restore could take it for damaged
-    differences = run_files.config_differences(saved["config"], current_config)
-    shaping = [name for name in differences if name in run_files.STATE_SHAPING_FIELDS]
-    if shaping:
-        changes = ", ".join(f"{name} {saved['config'].get(name)!r} -> {current_config.get(name)!r}"
-                            for name in shaping)
-        raise config_validation.ConfigError(
-            f"{workdir} holds a checkpoint whose state has other shapes ({changes}); it cannot be resumed with "
-            f"these values. Use a new --workdir, or the workdir's config.json values.")
-    if differences and not allow_config_change:
-        raise config_validation.ConfigError(
-            f"{workdir} holds a checkpoint of a run with a different config (fields: "
-            f"{', '.join(differences)}). Use a new --workdir, or pass --allow_config_change to resume it "
-            f"with the new values.")
-    state, meta = checkpointer.restore(trainer.abstract_state())
-    if differences and jax.process_index() == 0:
-        path = run_files.record_config_change(workdir, meta["config"], int(state.step), differences)
-        logging.warning("config changed (%s) at step %d; the previous config is kept in %s",
-                        ", ".join(differences), int(state.step), path)
-    meta["config"] = current_config
-    logging.info("resumed from step %d in %s", int(state.step), checkpointer.directory)
-    return state, meta
-
-
-def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, stop: lifecycle.GracefulStop) -> dict:
+def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, stop: lifecycle.GracefulStop,
+                        entered: float) -> dict:
     config, mesh = experiment.config, experiment.mesh
     primary = jax.process_index() == 0  # the one process that writes the workdir's files
     logging.info("global batch %d = %d process(es) x %d device(s) x %d per device", config.batch_size,
                  jax.process_count(), len(mesh.local_devices), experiment.per_device_batch_size)
     run_provenance = provenance.collect()
     logging.info("made with: %s", provenance.format_provenance(run_provenance))
+    logging.info("%s on %s (%s, %d branches), %d epochs, in %s: reading the data, initialising the model",
+                 config.method, config.dataset, config.arch, experiment.num_branches, config.num_epochs, workdir)
 
     pipeline = make_train_pipeline(experiment)
     eval_input = EvalInput(config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
@@ -247,18 +222,23 @@ def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, st
 
     checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
     try:
-        state, meta = _restore_or_init(workdir, trainer, checkpointer, current_config, allow_config_change)
+        state, meta = checkpoint.restore_or_init(workdir, trainer, checkpointer, current_config,
+                                                 allow_config_change)
     except BaseException:
         checkpointer.close()
         raise
     last_checkpoint = checkpointer.latest_step()
+    logging.info("ready in %.1f s: %d steps per epoch, %d in all; the first step compiles the train step",
+                 time.time() - entered, steps_per_epoch, total_steps)
     if primary:
         run_files.write_config(workdir, current_config)
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=not primary)
+    writer = tensorboard_scalars.create_writer(workdir, primary)
+    if primary:
+        tensorboard_scalars.write_layout(workdir)
+        run_files.write_metrics_csv(workdir, meta["history"])  # drops rows of evaluations the checkpoint lacks
     if int(state.step) == 0:
         writer.write_hparams({k: v for k, v in current_config.items() if isinstance(v, (int, float, str, bool))})
-    report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
     pending = train_metrics.PendingMetrics()
     pending.load_running_sums(meta.get("train_running_sums"))
     step = int(state.step)
@@ -266,12 +246,22 @@ def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, st
     started = time.time()
     seconds_before = float(meta.get("train_seconds", 0.0))
     last_save_time = time.monotonic()
+    console = progress.ConsoleProgress(
+        total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs,
+        global_batch=config.batch_size, every_seconds=config.log_every_seconds, start_step=step,
+        evaluations_left=lambda step: sum(evaluates(e) for e in range(step // steps_per_epoch, config.num_epochs)))
+    last_loss = None
+
+    def write_train(summary: dict[str, float]) -> None:
+        nonlocal last_loss
+        if summary:
+            last_loss = summary["loss"]
+            writer.write_scalars(step, tensorboard_scalars.train_scalars(
+                summary, experiment.num_branches, experiment.method.ramped))
 
     def save(step: int) -> None:
         nonlocal last_checkpoint, last_save_time
-        pending_summary = pending.flush(last_checkpoint)  # never checkpoint a non-finite state
-        if pending_summary:
-            writer.write_scalars(step, {f"train/{k}": v for k, v in pending_summary.items()})
+        write_train(pending.flush(last_checkpoint))  # never checkpoint a non-finite state
         meta["train_running_sums"] = pending.running_sums()
         meta["train_seconds"] = round(seconds_before + time.time() - started, 1)
         checkpointer.save(step, state, meta)
@@ -279,23 +269,21 @@ def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, st
 
     def evaluate(epoch: int) -> None:
         """Evaluates the state at the end of 0-based `epoch` and appends it to the history."""
-        summary = pending.flush(last_checkpoint)
-        if summary:
-            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+        write_train(pending.flush(last_checkpoint))
+        eval_started = console.evaluation_started()
         metrics = trainer.evaluate(state, eval_input.batches())
         entry = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train": pending.epoch_means(),
                  "learning_rate": float(experiment.learning_rate(epoch)),
                  "ramp_weight": float(experiment.ramp_weight(epoch)),
                  "provenance": run_provenance}
-        meta["history"].append(entry)
         if meta["best"] is None or metrics["top1/deployed"] > meta["best"]["metrics"]["top1/deployed"]:
             meta["best"] = entry
-        writer.write_scalars(step, {f"test/{k}": v for k, v in eval_metrics.scalar_metrics(metrics).items()})
-        logging.info("epoch %d/%d: test top-1 %s %.2f%%, peer ensemble %.2f%%, diversity %.4f",
-                     epoch + 1, config.num_epochs, metrics["deployed_head"], metrics["top1/deployed"],
-                     metrics["top1/peer_ensemble"], metrics["diversity"])
+        console.evaluation_done(eval_started, epoch + 1, metrics, meta["best"])
+        meta["history"].append(entry)
+        writer.write_scalars(step, tensorboard_scalars.test_scalars(metrics))
         if primary:
             run_files.write_history(workdir, meta["history"])
+            run_files.write_metrics_csv(workdir, meta["history"])
 
     def evaluates(epoch: int) -> bool:
         return (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs
@@ -331,10 +319,11 @@ def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, st
                 state, metrics = trainer.train_step(state, batch)
                 pending.add(step, metrics)
                 step += 1
-                report_progress(step)
                 if step % config.log_every_steps == 0:
-                    summary = pending.flush(last_checkpoint)
-                    writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+                    write_train(pending.flush(last_checkpoint))
+                images_per_second = console.step_done(step, last_loss)
+                if images_per_second is not None:
+                    writer.write_scalars(step, {"train/images_per_second": images_per_second})
                 stopping = stop_signal()
                 if stopping:
                     signum, by = stopping
@@ -352,6 +341,8 @@ def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, st
                 save(step)
             if evaluates(epoch):
                 evaluate(epoch)
+            else:  # a train summary spans one epoch at most: its loss weights are constant (tensorboard_scalars)
+                write_train(pending.flush(last_checkpoint))
         checkpointer.wait()
     finally:
         checkpointer.close()
@@ -373,8 +364,10 @@ def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, st
                                         "the headline is 'final'"),
         "train_seconds_this_session": session_seconds,
         "train_seconds": round(seconds_before + session_seconds, 1),  # every session of this run, resumes included
+        "train_images_per_second": console.train_images_per_second(step),  # this session, evaluations excluded
         "provenance": run_provenance,
     }
     if primary:
         run_files.write_results(workdir, results)
+    progress.log_final_block(results, os.path.join(workdir, run_files.RESULTS_FILE), time.time() - entered)
     return results

@@ -2,6 +2,9 @@
 
   config.json          the config the run was started (or last resumed) with, as JSON values
   history.json         one entry per evaluation (epoch, step, every head's metrics, train means, provenance)
+  metrics.csv          the same, one row per evaluation: every head's test top-1/top-5/CE, diversity, lr,
+                       ramp weight, the epoch's train means; rewritten from the history at each evaluation and
+                       at each resume, so it never repeats or keeps a row the checkpointed history does not have
   results.json         written when the run finishes: the final epoch (the headline) and the best, labelled
   config_history.json  every config replaced by a resume with --allow_config_change, and at which step
 
@@ -11,6 +14,8 @@ atomic (a reader never sees half a file); in a multi-process run only process 0 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import socket
@@ -23,6 +28,9 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 RESULTS_FILE = "results.json"
 CONFIG_HISTORY_FILE = "config_history.json"
+METRICS_CSV_FILE = "metrics.csv"
+# Train means that are config constants, not measurements: config.json has them.
+_CONSTANT_TRAIN_MEANS = ("kd_weight", "cd_weight", "learning_rate", "ramp_weight")
 
 # Fields that shape the checkpointed state: a checkpoint cannot be resumed with other values, even when the
 # user allows a config change (orbax would only report an array shape mismatch).
@@ -58,11 +66,15 @@ def read_if_present(workdir: str, name: str) -> Any:
     return read_json(path) if os.path.exists(path) else None
 
 
-def _write_json(path: str, payload: Any) -> None:
+def _write_atomically(path: str, text: str) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: str, payload: Any) -> None:
+    _write_atomically(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:
@@ -82,6 +94,51 @@ def write_config(workdir: str, config: dict) -> None:
 
 def write_history(workdir: str, history: list) -> None:
     _write_json(os.path.join(workdir, HISTORY_FILE), history)
+
+
+_KIND_ORDER = ("top1", "top5", "ce")
+_HEAD_ORDER = ("leader", "peer_mean", "peer_ensemble", "gated_ensemble", "deployed")
+
+
+def _metric_order(name: str) -> tuple:
+    """top-1, top-5, then CE; within each the branches in branch order, then the ensembles and the deployed head;
+    then the rest (diversity)."""
+    kind, _, head = name.partition("/")
+    if kind not in _KIND_ORDER:
+        return (len(_KIND_ORDER), 0, 0, name)
+    prefix, _, number = head.rpartition("_")
+    if prefix in ("peer", "branch") and number.isdigit():
+        return (_KIND_ORDER.index(kind), 0, int(number), "")
+    return (_KIND_ORDER.index(kind), 1 + (_HEAD_ORDER.index(head) if head in _HEAD_ORDER else len(_HEAD_ORDER)),
+            0, head)
+
+
+def metrics_rows(history: list) -> tuple[list[str], list[list]]:
+    """(columns, rows) of metrics.csv: epoch, step, learning_rate, ramp_weight, test/<metric> for
+    every scalar test metric (in eval_metrics.summarize's order), train/<mean> for the epoch's train means."""
+    if not history:
+        return [], []
+    first = history[0]
+    # A restored history may hold its keys sorted: the order is set here, not taken from the entry.
+    test_names = sorted((name for name, value in first["metrics"].items() if isinstance(value, float)),
+                        key=_metric_order)
+    train_names = sorted(name for name in first.get("train", {}) if name not in _CONSTANT_TRAIN_MEANS)
+    columns = (["epoch", "step", "learning_rate", "ramp_weight"]
+               + [f"test/{name}" for name in test_names] + [f"train/{name}" for name in train_names])
+    rows = [[entry["epoch"], entry["step"], entry["learning_rate"], entry["ramp_weight"]]
+            + [entry["metrics"].get(name, "") for name in test_names]
+            + [entry.get("train", {}).get(name, "") for name in train_names] for entry in history]
+    return columns, rows
+
+
+def write_metrics_csv(workdir: str, history: list) -> None:
+    """<workdir>/metrics.csv from the whole history (see the module docstring)."""
+    columns, rows = metrics_rows(history)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    _write_atomically(os.path.join(workdir, METRICS_CSV_FILE), text.getvalue())
 
 
 def write_results(workdir: str, results: dict) -> None:

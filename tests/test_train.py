@@ -148,6 +148,22 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path):
     (results_a, state_a, history_a), (results_b, state_b, history_b) = final["straight"], final["resumed"]
     assert results_a["final"] == results_b["final"] and results_a["best"] == results_b["best"]
     assert history_a == history_b
+    csv_a = pathlib.Path(tmp_path, "straight", "metrics.csv").read_text()
+    assert pathlib.Path(tmp_path, "resumed", "metrics.csv").read_text() == csv_a
+    assert [line.split(",")[0] for line in csv_a.splitlines()] == ["epoch", "1", "2"]
+
+    # Killed after epoch 1 was evaluated (its metrics.csv row written) but before any later checkpoint: the
+    # resumed run restores step 8, whose history lacks that evaluation, and evaluates epoch 1 again. The row
+    # must not appear twice.
+    twice = _run_subprocess(dict(common, workdir=str(tmp_path / "evaluated_twice"), signal_after_step=9,
+                                 signals=["SIGKILL"]), xla_devices=2)
+    assert twice.returncode == -9, twice.stderr[-3000:]
+    csv_killed = pathlib.Path(tmp_path, "evaluated_twice", "metrics.csv").read_text()
+    assert csv_killed == "\n".join(csv_a.splitlines()[:2]) + "\n"
+    resumed_twice = _run_subprocess(dict(common, workdir=str(tmp_path / "evaluated_twice")), xla_devices=2)
+    assert resumed_twice.returncode == 0, resumed_twice.stderr[-3000:]
+    assert "resumed from step 8" in resumed_twice.stderr
+    assert pathlib.Path(tmp_path, "evaluated_twice", "metrics.csv").read_text() == csv_a
     leaves_a, leaves_b = jax.tree_util.tree_leaves(state_a), jax.tree_util.tree_leaves(state_b)
     assert len(leaves_a) == len(leaves_b) > 0
     for a, b in zip(leaves_a, leaves_b):

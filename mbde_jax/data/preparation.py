@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 import urllib.parse
 import urllib.request
@@ -26,6 +27,9 @@ from mbde_jax import distributed
 from mbde_jax.data import info as dataset_info
 from mbde_jax.data import register_builders
 from mbde_jax.data.tf_runtime import plain_graph, tf_data_options
+
+if not sys.stderr.isatty():
+    tfds.disable_progress_bar()  # its bars are terminal escape codes: in a log file they are noise
 
 # Seconds to wait for a download host before declaring it unreachable.
 PROBE_TIMEOUT_S = 5.0

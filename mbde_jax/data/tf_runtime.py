@@ -16,7 +16,11 @@ from __future__ import annotations
 import logging
 import os
 
-import tensorflow as tf
+from mbde_jax import logs
+
+logs.import_tensorflow_quietly()  # a notebook or script that imports mbde_jax.data first
+
+import tensorflow as tf  # noqa: E402  # pylint: disable=wrong-import-position
 
 TF_THREADS = max(1, int(os.environ.get("MBDE_TF_THREADS", (os.cpu_count() or 2) // 2)))
 

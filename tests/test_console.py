@@ -1,0 +1,57 @@
+"""What train.py prints: short lines of our own, no library noise, a closing block."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+
+from mbde_jax import logs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "Setting work unit notes",
+         "logging_writer", "xla_bridge", "Unable to initialize backend", "steps_per_sec", "[Hyperparameters]",
+         "\x1b[")
+
+
+def test_filtered_stderr_drops_the_tensorflow_banner_and_keeps_every_other_line(capfd):
+    with logs.filtered_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on. You may see ...\n")
+        os.write(2, b"a warning of the library that must stay\n")
+        os.write(2, b"To enable the following instructions: AVX2, in other operations, rebuild TensorFlow\n")
+        os.write(2, b"and a second one\n")
+    assert capfd.readouterr().err == "a warning of the library that must stay\nand a second one\n"
+
+
+def test_train_console_is_our_lines_only_and_ends_with_the_summary(tmp_path):
+    workdir = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from mbde_jax import cli
+        from mbde_jax.data import testing
+        with testing.mocked_dataset("cifar10", num_examples=32, metadata_dir={str(tmp_path / "meta")!r}):
+            cli.train(["train.py", "--config", {str(ROOT / "configs" / "test.py")!r}, "--workdir",
+                       {str(workdir)!r}, "--config.log_every_seconds=0.001"])
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("MBDE_DEBUG", "TF_CPP_MIN_LOG_LEVEL")}
+    completed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                               timeout=600, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stderr.splitlines()
+    for noise in NOISE:
+        assert noise not in completed.stderr, noise
+    ours = [line for line in lines if re.match(r"^[IWE] \d\d:\d\d:\d\d ", line)]
+    strays = [line for line in lines if line not in ours and not line.startswith("  ")]
+    assert not strays, strays
+    assert any(re.match(r"^I \S+ epoch 2/2  step 7/8 \(87%\)  [\d.]+ images/s  loss [\d.]+  ETA \d:\d\d:\d\d$",
+                        line) for line in ours), lines
+    assert sum(" test top-1 leader " in line for line in ours) == 2
+    assert ours[-5].endswith("finished mbde on cifar10 (resnet8, 3 branches): 2 epochs, 8 steps")
+    assert ours[-1].endswith(f"  results: {workdir / 'results.json'} (and metrics.csv, history.json, TensorBoard "
+                             f"events beside it)")
+    assert not any("train/" in line or "test/" in line for line in ours)  # scalars go to TensorBoard only
