@@ -179,9 +179,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow
 def run_experiment(experiment: Experiment, workdir: str, *, allow_config_change: bool = False) -> dict:
     """Trains `experiment` in `workdir`, resuming from its newest readable checkpoint; returns results.json's content.
 
-    The workdir receives: config.json, checkpoints/ (orbax), TensorBoard events, history.json (every
-    evaluation), config_history.json (every config replaced with --allow_config_change) and, at the end,
-    results.json (the final epoch's metrics of every head, the headline, and the best epoch's, labelled).
+    The workdir receives: config.json, checkpoints/ (orbax), TensorBoard events and their custom-scalars
+    layout (tensorboard_scalars), history.json and metrics.csv (every evaluation), config_history.json (every
+    config replaced with --allow_config_change) and, at the end, results.json (the final epoch's metrics of every head, the headline, and the best epoch's, labelled).
     One trainer at a time holds the workdir (lifecycle.WorkdirLock). The first SIGTERM or SIGINT finishes the
     current step, checkpoints and raises lifecycle.TrainingStopped.
 

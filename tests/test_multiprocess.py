@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from mbde_jax import distributed, training
+from mbde_jax import distributed, tensorboard_scalars, training
 from test_train import NUM_EXAMPLES, ROOT, STEPS_PER_EPOCH
 
 HEARTBEAT_S = 10
@@ -121,8 +121,9 @@ def test_two_processes_equal_one_process_and_resume_exactly(tmp_path):
     results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in history}
     assert results["double"]["steps"] == results["single"]["steps"] == 2 * STEPS_PER_EPOCH
     assert results["double"]["provenance"]["process_count"] == 2
-    # Only process 0 writes files: one TensorBoard event file, no temporary JSON left behind.
-    assert len(list((tmp_path / "double").glob("events.out.tfevents.*"))) == 1
+    # Only process 0 writes files: one TensorBoard event file (and the layout), no temporary JSON left behind.
+    events = sorted(path.name for path in (tmp_path / "double").glob("events.out.tfevents.*"))
+    assert len(events) == 2 and events[0] == tensorboard_scalars.LAYOUT_FILE, events
     assert not list((tmp_path / "double").glob("*.tmp"))
 
     # The two-process checkpoints restore in this (single) process; they equal the single-process state.
