@@ -48,6 +48,11 @@ class ConsoleProgress:
             self._timed_seconds += now - self._segment_start
         self._segment_start = now
 
+    def line_due(self) -> bool:
+        """A progress line is due at the next step_done (the caller should wait for the step to be computed:
+        JAX dispatches steps ahead of the device, and a line timed on dispatch would overstate the rate)."""
+        return self._timed_from_step is None or self._clock() - self._line_time >= self.every_seconds
+
     def step_done(self, step: int, loss: float | None) -> float | None:
         """Call after every train step (`step` counts the steps done); logs a line when one is due and returns
         its images/s (else None)."""

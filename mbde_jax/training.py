@@ -321,6 +321,8 @@ def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, st
                 step += 1
                 if step % config.log_every_steps == 0:
                     write_train(pending.flush(last_checkpoint))
+                if console.line_due():
+                    jax.block_until_ready(state.step)  # time computed steps, not dispatched ones
                 images_per_second = console.step_done(step, last_loss)
                 if images_per_second is not None:
                     writer.write_scalars(step, {"train/images_per_second": images_per_second})

@@ -84,3 +84,14 @@ def test_final_block_names_the_results_file_final_and_best(lines):
     assert "wall time 1:02:05 this session" in lines[3] and "123.5 images/s" in lines[3]
     assert "0:02:10 over every session" in lines[3]
     assert lines[4].startswith("  results: /w/results.json")
+
+
+def test_a_line_is_due_at_the_first_step_and_then_every_interval():
+    clock = FakeClock()
+    console = _console(clock)
+    assert console.line_due()  # the first step: its line says how long compiling took
+    console.step_done(1, None)
+    clock.now += 29.0
+    assert not console.line_due()
+    clock.now += 1.0
+    assert console.line_due()
