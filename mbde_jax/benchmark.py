@@ -220,16 +220,16 @@ def _step_command(args: types.SimpleNamespace) -> dict:
     batch_size = config.batch_size if training else config.eval_batch_size
     state = trainer.init_state()
     batch = _synthetic_batch(config, batch_size, mesh, args.seed, with_mask=not training)
-    step = trainer.train_step if training else trainer.eval_step
+    step, seed = (trainer.jitted_train_step, (trainer.seed,)) if training else (trainer.eval_step, ())
     with _persistent_cache_hits() as cache_hits:
         start = time.perf_counter()
-        compiled = step.lower(state, batch).compile()
+        compiled = step.lower(state, batch, *seed).compile()
         compile_s = time.perf_counter() - start
     holder = [state]
 
     def run_step():
         if training:  # the state is donated: carry it from step to step
-            holder[0], metrics = compiled(holder[0], batch)
+            holder[0], metrics = compiled(holder[0], batch, *seed)
             jax.block_until_ready((holder[0], metrics))
         else:
             jax.block_until_ready(compiled(holder[0], batch))

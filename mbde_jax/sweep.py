@@ -16,6 +16,11 @@ the same sweep command) each run spans every process. Starting the same sweep ag
 Everything that could stop the sweep later is checked before the first run starts: the method names, each run's
 config, and every existing workdir's config against the one it would now be given. A run that fails (e.g. a
 non-finite loss) does not stop the others; the sweep exits with an error naming it at the end.
+
+Runs that differ only in seed share their compiled programs (the seed is an argument of the compiled init and
+train step, see mbde_jax.trainer): the sweep's closing lines say what each run compiled, e.g. the second seed
+"compiled nothing". "read from the cache" counts the programs JAX's persistent compilation cache
+(JAX_COMPILATION_CACHE_DIR) held already.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ if __name__ == "__main__":  # `python -m mbde_jax.sweep`: the command line answe
 
     cli.mbde_sweep()
 
+import collections
+import contextlib
 import dataclasses
 import os
 import sys
@@ -80,6 +87,8 @@ class PlannedRun:
       status: STATUS_FINISHED, STATUS_RESUME or STATUS_NEW before the sweep runs it.
       checkpoint_step: the step a resumed run restarts from.
       outcome: after the sweep: 'skipped', 'trained', 'resumed' or 'failed: <error>'.
+      compilations: after the sweep: how many times each jitted function (by name, e.g. 'train_step') was
+        compiled while the run trained; cache_hits: how many of them the persistent compilation cache held.
     """
 
     method: str
@@ -91,6 +100,8 @@ class PlannedRun:
     checkpoint_step: int | None = None
     outcome: str | None = None
     seconds: float = 0.0
+    compilations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    cache_hits: int = 0
 
 
 def _finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
@@ -166,8 +177,47 @@ def describe(run: PlannedRun) -> str:
     what = run.outcome or {STATUS_FINISHED: "finished: will be skipped",
                            STATUS_RESUME: f"stopped: will resume from step {run.checkpoint_step}",
                            STATUS_NEW: "will start"}[run.status]
-    took = f" ({run.seconds:.0f} s)" if run.outcome in ("trained", "resumed") else ""
+    took = f" ({run.seconds:.0f} s{_compiled_text(run)})" if run.outcome in ("trained", "resumed") else ""
     return f"{run.method:<12} seed {run.seed:<4} {what}{took}  [{run.workdir}]"
+
+
+def _compiled_text(run: PlannedRun) -> str:
+    steps = {name: count for name, count in run.compilations.items() if name in _STEP_NAMES}
+    if not steps:
+        return "; compiled nothing"
+    cached = f", {run.cache_hits} of all its programs read from the cache" if run.cache_hits else ""
+    return "; compiled " + ", ".join(f"{name} x{count}" for name, count in sorted(steps.items())) + cached
+
+
+# The compiled programs of a run the sweep reports (mbde_jax.trainer); JAX also compiles small helpers
+# (conversions, the device-resident input's augmentation) that are counted but not listed.
+_STEP_NAMES = ("create_train_state", "train_step", "eval_step")
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+@contextlib.contextmanager
+def _counting_compilations(run: PlannedRun):
+    """Counts into `run` the XLA compilations (by function name) and persistent-cache hits inside the block."""
+    import jax  # pylint: disable=import-outside-toplevel  # only when something trains
+
+    def on_compile(event: str, duration: float, **fields) -> None:
+        del duration
+        if event == _COMPILE_EVENT:
+            name = str(fields.get("fun_name", "?"))
+            run.compilations[name[4:-1] if name.startswith("jit(") else name] += 1
+
+    def on_event(event: str, **_) -> None:
+        if event == _CACHE_HIT_EVENT:
+            run.cache_hits += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_compile)
+    jax.monitoring.register_event_listener(on_event)
+    try:
+        yield
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_compile)
+        jax.monitoring.unregister_event_listener(on_event)
 
 
 def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: Sequence[int], root: str, *,
@@ -199,7 +249,8 @@ def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], se
         logging.info("sweep run %d/%d: %s", index, len(runs), describe(run))
         started = time.time()
         try:
-            train_fn(run.experiment, run.workdir)
+            with _counting_compilations(run):
+                train_fn(run.experiment, run.workdir)
         except lifecycle.TrainingStopped:  # the user asked the whole sweep to stop (SIGTERM/SIGINT)
             run.outcome = "stopped"
             raise

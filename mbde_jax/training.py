@@ -1,149 +1,29 @@
-"""Training and evaluation: the train state, the sharded jit train step, and the training loop.
+"""Training and evaluation of one run in its workdir: the training loop, restore, the train input.
 
-Parallelism: one 'data' mesh axis over every device of every process; batches are sharded on it, the train
-state is replicated, and jax.jit inserts the gradient all-reduce. Batch-norm statistics are computed over the
-global batch, so a run does not depend on the device count.
+The compiled steps (TrainState, train_step, eval_step, Trainer) are in mbde_jax.trainer, re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import time
-from typing import Any, Iterator
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 from absl import logging
 
-from mbde_jax import (checkpoint, config_validation, distributed, eval_metrics, experiment as experiment_lib,
-                      lifecycle, logs, optim, progress, provenance, sharding, tensorboard_scalars,
-                      train_metrics, workdir as run_files)
+from mbde_jax import (checkpoint, config_validation, distributed, experiment as experiment_lib, lifecycle, logs,
+                      progress, provenance, tensorboard_scalars, train_metrics, workdir as run_files)
 from mbde_jax.data import train_input
 from mbde_jax.data.eval_input import EvalInput
 from mbde_jax.experiment import Experiment
-from mbde_jax.models.online_kd import OnlineKDModel
+# re-exported: the loop's callers, the tools and the tests reach the compiled steps through this module
+from mbde_jax.trainer import TrainState, Trainer, create_train_state, eval_step, train_step  # noqa: F401
 
 
 NonFiniteLossError = train_metrics.NonFiniteLossError  # re-exported: callers catch training.NonFiniteLossError
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training. The data position is derived from `step`."""
-
-    step: jax.Array  # int32 scalar: train steps completed
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-
-
-def create_train_state(model: OnlineKDModel, tx: optax.GradientTransformation, seed: int,
-                       image_shape: tuple[int, int, int]) -> TrainState:
-    """Initialises parameters (each branch from its own key), batch statistics and the optimizer state.
-
-    The branches are initialised as the 'unrolled' execution draws them whatever model.branch_execution is:
-    nn.vmap splits the branch keys differently from nn.scan, and the initial values should not depend on a
-    choice that is only about speed (so a run on a GPU starts where the same run on a CPU starts).
-    """
-    params_key, dropout_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), 0))
-    variables = model.clone(branch_execution="unrolled").init({"params": params_key, "dropout": dropout_key},
-                           jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(params))
-
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, experiment: Experiment, steps_per_epoch: int
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step: a pure function of (state, batch).
-
-    The step number lives in the state (so a restored state cannot disagree with it); the dropout key is
-    fold_in(key(seed), step + 1); the learning rate and the ramp-up weight are those of epoch
-    step // steps_per_epoch.
-
-    Args:
-      batch: {'image': float32 [batch, H, W, 3], 'label': int32 [batch]}.
-    Returns:
-      The next state and scalar metrics: every named loss term, the learning rate, and the train accuracy
-      of the deployed head.
-    """
-    step = state.step
-    epoch = step // steps_per_epoch
-    ramp_weight = experiment.ramp_weight(epoch)
-    dropout_key = jax.random.fold_in(jax.random.key(experiment.config.seed), step + 1)
-
-    def loss_fn(params):
-        outputs, updates = experiment.model.apply(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-            mutable=["batch_stats"], rngs={"dropout": dropout_key})
-        loss, metrics = experiment.objective(outputs, batch["label"], params, ramp_weight)
-        return loss, (metrics, updates["batch_stats"], outputs.logits[experiment.deployed_branch])
-
-    grads, (metrics, batch_stats, deployed_logits) = jax.grad(loss_fn, has_aux=True)(state.params)
-    directions, opt_state = experiment.optimizer.update(grads, state.opt_state, state.params)
-    learning_rate = experiment.learning_rate(epoch)
-    params = optax.apply_updates(state.params, optim.apply_learning_rate(directions, learning_rate))
-    metrics = dict(metrics)
-    metrics["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-    metrics["accuracy_deployed"] = 100.0 * jnp.mean(jnp.argmax(deployed_logits, -1) == batch["label"])
-    new_state = state.replace(step=step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-    return new_state, metrics
-
-
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, experiment: Experiment) -> dict[str, jax.Array]:
-    """Eval-mode forward pass of one padded batch -> sums to accumulate (see eval_metrics.eval_sums)."""
-    outputs = experiment.model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
-                                     train=False)
-    return eval_metrics.eval_sums(outputs, batch["label"], batch["mask"], experiment.method)
-
-
-class Trainer:
-    """The compiled steps of one experiment on its mesh.
-
-    Args:
-      steps_per_epoch: full batches per epoch of the training data; needed by the train step only (the learning
-        rate and the ramp-up weight are functions of the epoch), so a Trainer that restores and evaluates a
-        run is made without it.
-    """
-
-    def __init__(self, experiment: Experiment, steps_per_epoch: int | None = None):
-        self.experiment = experiment
-        self.steps_per_epoch = steps_per_epoch
-        replicated = sharding.replicated_sharding(experiment.mesh)
-        batched = sharding.batch_sharding(experiment.mesh)
-        self._init = jax.jit(functools.partial(
-            create_train_state, experiment.model, experiment.optimizer, experiment.config.seed,
-            experiment.dataset.image_shape), out_shardings=replicated)
-        self.train_step = self._no_train_step
-        if steps_per_epoch is not None:
-            self.train_step = jax.jit(
-                functools.partial(train_step, experiment=experiment, steps_per_epoch=steps_per_epoch),
-                in_shardings=(replicated, batched), out_shardings=(replicated, replicated), donate_argnums=(0,))
-        self.eval_step = jax.jit(functools.partial(eval_step, experiment=experiment),
-                                 in_shardings=(replicated, batched), out_shardings=replicated)
-
-    @staticmethod
-    def _no_train_step(*_):
-        raise TypeError("this Trainer was made without steps_per_epoch, so it can restore and evaluate but "
-                        "not train; pass Trainer(experiment, steps_per_epoch=...).")
-
-    def init_state(self) -> TrainState:
-        return self._init()
-
-    def abstract_state(self) -> TrainState:
-        return checkpoint.abstract_like(jax.eval_shape(self._init))
-
-    def evaluate(self, state: TrainState, batches: Iterator[dict[str, jax.Array]]) -> dict:
-        total = eval_metrics.accumulate(self.eval_step(state, batch) for batch in batches)
-        experiment = self.experiment
-        return eval_metrics.summarize(total, experiment.head_names, experiment.deployed_branch,
-                                      experiment.method.has_leader)
 
 
 def restore_latest(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | None = None

@@ -152,3 +152,25 @@ def test_the_dry_run_of_the_command_line_plans_without_training(swept):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "finished: will be skipped" in completed.stderr and "will start" in completed.stderr
     assert not pathlib.Path(swept["root"], "one", "seed_2").exists()
+
+
+def test_seeds_of_one_config_share_one_compiled_init_train_and_eval_step(tmp_path, monkeypatch):
+    """VGG-16 has dropout, whose key comes from the seed: with the seed a constant, each seed compiled its own
+    init and train step."""
+    from mbde_jax import trainer
+
+    monkeypatch.setattr(trainer, "_COMPILED_STEPS", type(trainer._COMPILED_STEPS)())  # nothing from other tests
+    config = _config()
+    config.arch, config.num_epochs, config.lr_boundaries_epochs, config.rampup_epochs = "vgg16", 1, (), 1
+    with testing.mocked_dataset("cifar10", num_examples=16, metadata_dir=str(tmp_path / "meta")):
+        runs = sweep.run_sweep(config, ["okddip"], [0, 1], str(tmp_path / "sweep"))
+    first, second = runs
+    assert [first.outcome, second.outcome] == ["trained", "trained"]
+    for name in ("create_train_state", "train_step", "eval_step"):
+        assert first.compilations[name] == 1, first.compilations
+        assert second.compilations[name] == 0, second.compilations
+    assert "compiled nothing" in sweep.describe(second)
+    assert "compiled create_train_state x1, eval_step x1, train_step x1" in sweep.describe(first)
+    # the seeds still differ where they should: initial parameters, dropout, data order
+    results = [json.loads((pathlib.Path(run.workdir) / "results.json").read_text()) for run in runs]
+    assert results[0]["final"]["train"] != results[1]["final"]["train"]

@@ -298,3 +298,31 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     after = checkpoint.Checkpointer(workdir, read_only=True)
     assert after.latest_step() == STEPS_PER_EPOCH
     after.close()
+
+
+def test_the_seed_as_an_argument_gives_what_the_seed_as_a_constant_gave(tmp_path):
+    """The compiled init and train step take the seed as an argument; their results equal the same functions
+    compiled with the seed folded in as a Python constant (what every earlier run was made with)."""
+    for seed in (0, 7):
+        config = _config(arch="vgg16", seed=seed)  # dropout: the train step draws from the seed's key
+        resolved = experiment.resolve(config)
+        trainer = training.Trainer(resolved, steps_per_epoch=STEPS_PER_EPOCH)
+        model, optimizer, shape = resolved.model, resolved.optimizer, resolved.dataset.image_shape
+        replicated = sharding.replicated_sharding(resolved.mesh)
+        batched = sharding.batch_sharding(resolved.mesh)
+        constant_init = jax.jit(lambda: training.create_train_state(model, optimizer, shape, seed),
+                                out_shardings=replicated)
+        state, reference = trainer.init_state(), constant_init()
+        for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(reference)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        rng = np.random.default_rng(seed)
+        batch = {"image": jnp.asarray(rng.normal(size=(8, *shape)), jnp.float32),
+                 "label": jnp.asarray(rng.integers(0, 10, size=8), jnp.int32)}
+        constant_step = jax.jit(lambda s, b: training.train_step(s, b, seed, experiment=resolved,
+                                                                 steps_per_epoch=STEPS_PER_EPOCH),
+                                in_shardings=(replicated, batched), out_shardings=(replicated, replicated))
+        expected_state, expected_metrics = constant_step(reference, batch)
+        new_state, metrics = trainer.train_step(state, batch)
+        assert float(metrics["loss"]) == float(expected_metrics["loss"])
+        for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(expected_state)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
