@@ -33,7 +33,7 @@ DEFAULT_HEARTBEAT_TIMEOUT_S = 100  # jax.distributed's own default
 # Fragments of the errors a collective or the coordination service raises when a peer process is gone.
 _PEER_FAILURE = re.compile(
     r"gloo|nccl|heartbeat|coordination service|connection reset|connection refused|socket closed|"
-    r"broken pipe|unavailable:|deadline_exceeded|barrier", re.IGNORECASE)
+    r"broken pipe|unavailable:|deadline_exceeded|barrier|local topolog", re.IGNORECASE)
 
 
 class DistributedConfigError(ValueError):
@@ -175,7 +175,13 @@ def is_peer_failure(error: BaseException) -> bool:
     jax = sys.modules.get("jax")  # an error before JAX was even imported is not a collective's
     if not isinstance(error, Exception) or jax is None or not jax.distributed.is_initialized():
         return False
-    if not is_multi_process() or type(error).__module__.startswith("mbde_jax"):  # ours say what they are
+    if type(error).__module__.startswith("mbde_jax"):  # ours say what they are
+        return False
+    try:
+        multi_process = is_multi_process()
+    except Exception:  # pylint: disable=broad-except  (the backend never came up: a peer never joined it)
+        multi_process = True
+    if not multi_process:
         return False
     return bool(_PEER_FAILURE.search(f"{type(error).__name__}: {error}"))
 
@@ -185,7 +191,11 @@ def describe_peer_failure(error: BaseException) -> str:
     import jax
 
     cause = " ".join(str(error).split())[:240]
-    return (f"process {jax.process_index()} of {jax.process_count()} lost contact with the other processes of "
+    try:
+        who = f"process {jax.process_index()} of {jax.process_count()}"
+    except Exception:  # pylint: disable=broad-except  (no backend: the processes never finished joining)
+        who = "this process"
+    return (f"{who} lost contact with the other processes of "
             f"this run ({cause}); another process stopped or crashed, see its log. Checkpoints written so far "
             f"are intact: start every process again with the same command to resume.")
 

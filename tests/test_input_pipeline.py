@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -190,3 +193,19 @@ def test_mesh_and_shardings(mesh):
     assert mesh.axis_names == ("data",)
     assert sharding.replicated_sharding(mesh).is_fully_replicated
     assert not sharding.batch_sharding(mesh).is_fully_replicated
+
+
+def test_processes_starting_together_on_one_metadata_dir_never_read_a_half_written_file(tmp_path):
+    # The processes of a multi-process test run call mocked_dataset on one directory at the same moment; tfds
+    # writes its metadata in place, so without whole-file replacement about one call in six read an empty
+    # dataset_info.json here (JSONDecodeError).
+    calls = ("import sys\nfrom mbde_jax.data import testing\n"
+             "for _ in range(40):\n"
+             f"    with testing.mocked_dataset('cifar10', num_examples=16, metadata_dir={str(tmp_path)!r}):\n"
+             "        pass\n")
+    processes = [subprocess.Popen([sys.executable, "-c", calls], stderr=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-2000:]
+    assert not [path for path in tmp_path.rglob(".metadata-*")]  # no staging directory left behind

@@ -110,7 +110,7 @@ def test_two_processes_equal_one_process_and_resume_exactly(tmp_path):
         assert stderr.strip().splitlines()[-1].startswith(
             "stopped by SIGTERM (received by process 1) at step 4 of 16"), (index, stderr[-3000:])
     for status, stderr, _ in outcome["resumed"]:
-        assert status == 0, stderr[-3000:]
+        assert status == 0, [process_stderr[-3000:] for _, process_stderr, _ in outcome["resumed"]]
         assert "resumed from step 4" in stderr
 
     history = {name: _metrics(tmp_path / name) for name in ("single", "double", "stopped")}
@@ -186,6 +186,23 @@ def test_launch_settings_from_flags_environment_and_cluster():
 
 def test_a_single_process_error_is_never_taken_for_a_lost_peer():
     assert not distributed.is_peer_failure(ValueError("Gloo all-reduce failed: Connection reset by peer"))
+
+
+def test_a_peer_that_never_joined_the_backend_is_a_lost_peer(monkeypatch):
+    # A process that crashes before its first JAX call leaves the others waiting for its device topology; their
+    # backend then never comes up, so even asking for the process count raises. That is still a lost peer.
+    def no_backend():
+        raise RuntimeError("Unable to initialize backend 'cpu'")
+
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(jax, "process_count", no_backend)
+    monkeypatch.setattr(jax, "process_index", no_backend)
+    error = RuntimeError("INTERNAL: Getting local topologies failed: Error 1: GetKeyValue() timed out with key: "
+                         "cpu:local_topology/cpu/1 and duration: 2m")
+    assert distributed.is_peer_failure(error)
+    assert distributed.describe_peer_failure(error).startswith(
+        "this process lost contact with the other processes of this run (INTERNAL: Getting local topologies")
+    assert not distributed.is_peer_failure(ValueError("a shape mismatch"))
 
 
 def test_train_py_refuses_incomplete_launch_flags_in_one_line(tmp_path):

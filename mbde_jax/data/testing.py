@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
@@ -32,8 +33,26 @@ def mocked_dataset(dataset: str, *, num_examples: int, metadata_dir: str) -> Ite
                                         data_dir=builder.data_path, dataset_name=builder.name, split=name,
                                         filetype_suffix="tfrecord"))
             for name in split_names]))
-    os.makedirs(builder.data_dir, exist_ok=True)
-    builder.info.write_to_directory(builder.data_dir)
+    _write_info_atomically(builder.info, builder.data_dir)
     with tfds.testing.mock_data(num_examples=num_examples, data_dir=metadata_dir,
                                 policy=tfds.testing.MockPolicy.USE_FILES):
         yield
+
+
+def _write_info_atomically(info, directory: str) -> None:
+    """Writes `info`'s metadata files into `directory`, each file replaced whole.
+
+    The processes of a multi-process test run share one metadata directory and start together: tfds writes
+    its files in place (truncate, then write), so one process could read another's half-written
+    dataset_info.json. Written beside and renamed into place, a reader sees the old file or the new one.
+    """
+    os.makedirs(directory, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".metadata-", dir=directory)
+    try:
+        info.write_to_directory(staging)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(directory, name))
+    finally:
+        for name in os.listdir(staging):
+            os.remove(os.path.join(staging, name))
+        os.rmdir(staging)
