@@ -84,6 +84,14 @@ def get_config() -> config_dict.ConfigDict:
     # Coupled L2 weight decay on every parameter (added to the gradient before momentum, as PyTorch's SGD).
     config.weight_decay = 5e-4
 
+    # Train this many seeds (seed, seed + 1, ...) together in one program, seed s in <workdir>/seed_<s>: each
+    # seed computes exactly what its separate run computes and leaves an ordinary run there (README, Several
+    # seeds in one program). 1: one run in <workdir> itself.
+    config.num_seeds = 1
+    # How the seeds of num_seeds > 1 run: vmap (stacked on a leading seed axis, one program steps them all),
+    # loop (the one compiled step called once per seed), or auto: loop on CPU, vmap on GPU and TPU.
+    config.seed_execution = "auto"
+
     # --- Devices and input -------------------------------------------------------------------------
     # On a host without an accelerator, split the CPU into this many JAX devices (data parallel over the batch;
     # results as on one device, batch-norm statistics over the global batch). XLA:CPU runs most convolutions on

@@ -151,6 +151,10 @@ def _report(kind: str, args: types.SimpleNamespace, config, batch_size: int, com
     print(f"  compile {compile_s:.1f} s{cached}; {len(times)} steps after {args.warmup} warm-up: "
           f"median {median * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, mean {statistics.fmean(times) * 1e3:.1f}) = "
           f"{result['images_per_s']:,.1f} images/s")
+    if extra.get("num_seeds", 1) > 1:
+        result["images_per_s_per_seed"] = round(result["images_per_s"] / extra["num_seeds"], 2)
+        print(f"  {extra['num_seeds']} seeds in one step ({extra['seed_execution']}): "
+              f"{result['images_per_s_per_seed']:,.1f} images/s per seed")
     if flops:
         print(f"  XLA cost analysis: {result['gflop_per_image']:.3f} GFLOP/image, {result['gflop_per_s']:.0f} GFLOP/s")
     device_memory = result["peak_device_memory_gib"]
@@ -183,14 +187,23 @@ def _persistent_cache_hits():
 
 
 def _setup(args: types.SimpleNamespace):
-    """The experiment (devices split before JAX starts) and a Trainer for it."""
-    from mbde_jax import experiment as experiment_lib, logs, training  # pylint: disable=import-outside-toplevel
+    """The experiment (devices split before JAX starts) and a Trainer for it; for `train`, also the seed group
+    of config.num_seeds seeds (one seed: a group of one) that is timed."""
+    from mbde_jax import experiment as experiment_lib, logs, seed_group, training  # pylint: disable=import-outside-toplevel
 
     experiment = experiment_lib.resolve(args.config)
     logs.quiet_library_info_logs()
     # Every timed step lies in the first epoch (its learning rate and ramp-up weight); the epoch length is not
     # part of the step's cost.
-    return experiment, training.Trainer(experiment, steps_per_epoch=args.warmup + args.steps + 1)
+    steps_per_epoch = args.warmup + args.steps + 1
+    trainer = training.Trainer(experiment, steps_per_epoch=steps_per_epoch)
+    group = None
+    if args.command == "train":
+        seeds = [experiment] if args.config.num_seeds == 1 else [
+            experiment_lib.resolve(config) for config in training.seed_configs(args.config)]
+        execution = "loop" if len(seeds) == 1 else seed_group.resolve_seed_execution(args.config.seed_execution)
+        group = seed_group.SeedGroup(seeds, steps_per_epoch, execution)
+    return experiment, trainer, group
 
 
 def _synthetic_batch(config, batch_size: int, mesh, seed: int, with_mask: bool):
@@ -212,33 +225,42 @@ def _synthetic_batch(config, batch_size: int, mesh, seed: int, with_mask: bool):
 def _step_command(args: types.SimpleNamespace) -> dict:
     """`train` or `eval` (args.command): compile the step, time it, report."""
     load_before = os.getloadavg()
-    experiment, trainer = _setup(args)
+    experiment, trainer, group = _setup(args)
     import jax  # pylint: disable=import-outside-toplevel
 
     config, mesh = experiment.config, experiment.mesh
-    training = args.command == "train"
-    batch_size = config.batch_size if training else config.eval_batch_size
-    state = trainer.init_state()
-    batch = _synthetic_batch(config, batch_size, mesh, args.seed, with_mask=not training)
-    step, seed = (trainer.jitted_train_step, (trainer.seed,)) if training else (trainer.eval_step, ())
+    extra = {"num_branches": experiment.num_branches, "branch_execution": experiment.model.branch_execution}
+    if args.command == "train":
+        state = group.init()
+        # each seed its own batch, as each seed of a group reads its own data order
+        batches = [_synthetic_batch(config, config.batch_size, mesh, args.seed + i, with_mask=False)
+                   for i in range(group.size)]
+        lowered = lambda: group.lower_train_step(state, batches)  # noqa: E731
+        run = lambda compiled, state: group.run_compiled(compiled, state, batches)  # noqa: E731
+        batch_size = config.batch_size * group.size  # images per step, every seed's
+        calls_per_step = 1 if group.execution == "vmap" else group.size
+        extra.update(num_seeds=group.size, seed_execution=group.execution)
+    else:
+        state = trainer.init_state()
+        batch = _synthetic_batch(config, config.eval_batch_size, mesh, args.seed, with_mask=True)
+        lowered = lambda: trainer.eval_step.lower(state, batch)  # noqa: E731
+        run = lambda compiled, state: (state, compiled(state, batch))  # noqa: E731
+        batch_size, calls_per_step = config.eval_batch_size, 1
     with _persistent_cache_hits() as cache_hits:
         start = time.perf_counter()
-        compiled = step.lower(state, batch, *seed).compile()
+        compiled = lowered().compile()
         compile_s = time.perf_counter() - start
     holder = [state]
 
     def run_step():
-        if training:  # the state is donated: carry it from step to step
-            holder[0], metrics = compiled(holder[0], batch, *seed)
-            jax.block_until_ready((holder[0], metrics))
-        else:
-            jax.block_until_ready(compiled(holder[0], batch))
+        # a train step donates its state: carry it from step to step
+        holder[0], outputs = run(compiled, holder[0])
+        jax.block_until_ready((holder[0], outputs))
 
     times = _time_steps(run_step, args.steps, args.warmup)
-    return _report(args.command, args, config, batch_size, compile_s, times, _flops(compiled, mesh.devices.size),
-                   load_before, {"num_branches": experiment.num_branches,
-                                 "branch_execution": experiment.model.branch_execution},
-                   compile_from_cache=bool(cache_hits))
+    flops = _flops(compiled, mesh.devices.size)
+    return _report(args.command, args, config, batch_size, compile_s, times, flops and flops * calls_per_step,
+                   load_before, extra, compile_from_cache=bool(cache_hits))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -93,12 +93,18 @@ class Checkpointer:
             logging.warning("checkpoint step %d in %s cannot be read (%s); trying the previous one", step,
                             self.directory, reason)
             return
+        self.set_aside(step, f"cannot be read ({reason})", self.set_aside_directory)
+
+    def set_aside(self, step: int, why: str, directory: str | None = None) -> None:
+        """Moves checkpoint `step` into `directory` (default <workdir>/checkpoints_set_aside), renamed, never
+        deleted, with one warning that says `why` (e.g. "cannot be read (...)"). Every process must call it."""
+        directory = directory or os.path.join(os.path.dirname(self.directory), "checkpoints_set_aside")
         if jax.process_index() == 0:
-            os.makedirs(self.set_aside_directory, exist_ok=True)
-            target = os.path.join(self.set_aside_directory, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+            os.makedirs(directory, exist_ok=True)
+            target = os.path.join(directory, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(os.path.join(self.directory, str(step)), target)
-            logging.warning("checkpoint step %d cannot be read (%s); moved it to %s and resuming from the "
-                            "previous one", step, reason, target)
+            logging.warning("checkpoint step %d %s; moved it to %s and resuming from an earlier one", step, why,
+                            target)
         distributed.barrier(f"mbde_checkpoint_set_aside_{step}")  # every process then lists the folder anew
         self._manager.close()
         self._manager = self._open()
@@ -128,6 +134,9 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Saves `state` and `meta` at `step` (returns once the checkpoint is complete on disk)."""

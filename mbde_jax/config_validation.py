@@ -81,6 +81,8 @@ FIELDS: dict[str, tuple[tuple[type, ...], Check | None, bool]] = {
     "attention_reduction": ((int,), _at_least(1), False),
     "ffm_residual": ((bool,), None, False),
     "seed": ((int,), _non_negative, False),
+    "num_seeds": ((int,), _at_least(1), False),
+    "seed_execution": ((str,), _one_of(("auto", "vmap", "loop")), False),
     "batch_size": ((int,), _positive, False),
     "num_epochs": ((int,), _positive, False),
     "learning_rate": ((float, int), _positive, False),

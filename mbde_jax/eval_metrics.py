@@ -82,9 +82,10 @@ def eval_sums(outputs: ModelOutput, labels: jax.Array, mask: jax.Array, method: 
     return sums
 
 
-def accumulate(batch_sums: Iterable[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
-    """Adds the per-batch sums on the host, in float64."""
-    total: dict[str, np.ndarray] = {}
+def accumulate(batch_sums: Iterable[dict[str, jax.Array]], into: dict[str, np.ndarray] | None = None
+               ) -> dict[str, np.ndarray]:
+    """Adds the per-batch sums on the host, in float64 (to `into`'s sums when given, in place)."""
+    total: dict[str, np.ndarray] = {} if into is None else into
     for sums in batch_sums:
         for name, value in jax.device_get(sums).items():
             value = np.asarray(value, np.float64)

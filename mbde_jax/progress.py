@@ -9,7 +9,7 @@ Scalars go to TensorBoard and metrics.csv (mbde_jax.tensorboard_scalars, mbde_ja
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import logging
 
@@ -31,7 +31,7 @@ class ConsoleProgress:
 
     def __init__(self, *, total_steps: int, steps_per_epoch: int, num_epochs: int, global_batch: int,
                  every_seconds: float, start_step: int, evaluations_left: Callable[[int], int],
-                 clock: Callable[[], float] = time.monotonic):
+                 num_seeds: int = 1, clock: Callable[[], float] = time.monotonic):
         self.total_steps, self.steps_per_epoch, self.num_epochs = total_steps, steps_per_epoch, num_epochs
         self.global_batch, self.every_seconds = global_batch, every_seconds
         self._evaluations_left, self._clock = evaluations_left, clock
@@ -41,7 +41,7 @@ class ConsoleProgress:
         self._line_step, self._line_time = start_step, clock()
         self._eval_seconds: list[float] = []
         self._eval_seconds_since_line = 0.0
-        self.start_step = start_step
+        self.num_seeds = num_seeds
 
     def _close_segment(self, now: float) -> None:
         if self._timed_from_step is not None:
@@ -71,8 +71,9 @@ class ConsoleProgress:
         self._line_step, self._line_time, self._eval_seconds_since_line = step, now, 0.0
         epoch = (step - 1) // self.steps_per_epoch + 1  # the epoch the last step belonged to
         loss_text = f"  loss {loss:.4g}" if loss is not None else ""
-        logging.info("epoch %d/%d  step %d/%d (%d%%)  %.1f images/s%s  ETA %s", epoch, self.num_epochs, step,
-                     self.total_steps, 100 * step // self.total_steps, rate, loss_text,
+        seeds_text = f" ({self.num_seeds} seeds; loss: their mean)" if self.num_seeds > 1 else ""
+        logging.info("epoch %d/%d  step %d/%d (%d%%)  %.1f images/s%s%s  ETA %s", epoch, self.num_epochs, step,
+                     self.total_steps, 100 * step // self.total_steps, rate, seeds_text, loss_text,
                      hours_minutes_seconds(self.eta_seconds(step)))
         return rate
 
@@ -88,19 +89,22 @@ class ConsoleProgress:
         self._close_segment(now)
         return now
 
-    def evaluation_done(self, started: float, epoch: int, metrics: dict, best: dict) -> None:
-        """Logs the evaluation line of 1-based `epoch`; `best` is the best history entry so far."""
+    def evaluation_done(self, started: float, epoch: int, per_seed: Sequence[tuple[int, dict, dict]]) -> None:
+        """Logs the evaluation line of 1-based `epoch`: one line per (seed, metrics, best history entry so far);
+        the seed is named when there are several."""
         now = self._clock()
         seconds = now - started
         self._eval_seconds.append(seconds)
         self._segment_start = now
         self._eval_seconds_since_line += seconds  # a progress line's images/s do not count evaluations
-        gated = (f"  gated ensemble {metrics['top1/gated_ensemble']:.2f}%"
-                 if "top1/gated_ensemble" in metrics else "")
-        logging.info("epoch %d/%d  test top-1 %s %.2f%% (best %.2f%%, epoch %d)  peer ensemble %.2f%%%s  "
-                     "diversity %.4f  eval %.1f s", epoch, self.num_epochs, metrics["deployed_head"],
-                     metrics["top1/deployed"], best["metrics"]["top1/deployed"], best["epoch"],
-                     metrics["top1/peer_ensemble"], gated, metrics["diversity"], seconds)
+        for seed, metrics, best in per_seed:
+            gated = (f"  gated ensemble {metrics['top1/gated_ensemble']:.2f}%"
+                     if "top1/gated_ensemble" in metrics else "")
+            logging.info("epoch %d/%d  %stest top-1 %s %.2f%% (best %.2f%%, epoch %d)  peer ensemble %.2f%%%s  "
+                         "diversity %.4f  eval %.1f s", epoch, self.num_epochs,
+                         f"seed {seed}: " if len(per_seed) > 1 else "", metrics["deployed_head"],
+                         metrics["top1/deployed"], best["metrics"]["top1/deployed"], best["epoch"],
+                         metrics["top1/peer_ensemble"], gated, metrics["diversity"], seconds)
 
     def train_images_per_second(self, step: int) -> float | None:
         """This session's mean training images/s (evaluations and the compiling first step excluded)."""

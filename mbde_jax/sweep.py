@@ -54,8 +54,9 @@ STATUS_NEW = "new"            # no checkpoint: trained from the start
 
 
 def run_workdir(root: str, method: str, seed: int) -> str:
-    """The workdir of one run of a sweep rooted at `root`."""
-    return os.path.join(root, method, f"seed_{seed}")
+    """The workdir of one run of a sweep rooted at `root`: <root>/<method>/seed_<seed>, where train.py
+    --config.num_seeds puts its seeds too."""
+    return run_files.seed_workdir(os.path.join(root, method), seed)
 
 
 def run_config(config: ml_collections.ConfigDict, method: str, seed: int) -> ml_collections.ConfigDict:
@@ -134,6 +135,10 @@ def plan(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: 
     """
     if not method_names or not seeds:
         raise ValueError("the sweep needs at least one method (--methods) and one seed (--seeds)")
+    if config.get("num_seeds", 1) != 1:
+        raise ValueError(f"--config.num_seeds={config.num_seeds}: the sweep trains its --seeds one run after "
+                         f"another; to train seeds together use train.py --config.num_seeds=k --config.seed=<first> "
+                         f"--workdir <sweep root>/<method> (the same seed_<s> layout)")
     from mbde_jax import experiment as experiment_lib  # JAX: imported once the flags are parsed
 
     for name, values in (("methods", method_names), ("seeds", seeds)):

@@ -14,20 +14,23 @@ class PendingMetrics:
     """Per-step training metrics kept on the device until the next log, then checked and averaged."""
 
     def __init__(self):
-        self._steps: list[tuple[int, dict[str, jax.Array]]] = []
+        self._steps: list[tuple[int, dict[str, jax.Array], int | None]] = []
         self._epoch_sums: dict[str, float] = {}
         self._epoch_steps = 0
 
-    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
-        self._steps.append((step, metrics))
+    def add(self, step: int, metrics: dict[str, jax.Array], index: int | None = None) -> None:
+        """Keeps `step`'s metrics; with `index`, the step's metrics are metrics[name][index] (one seed of a
+        seed group's stacked [k] metrics, mbde_jax.seed_group), taken once they are on the host."""
+        self._steps.append((step, metrics, index))
 
     def flush(self, last_good_checkpoint: int | None) -> dict[str, float]:
         """Averages the pending metrics; raises NonFiniteLossError naming the first step whose loss is not
         finite. Returns {} when nothing is pending. The epoch's running means are updated too."""
         if not self._steps:
             return {}
-        steps, values = zip(*self._steps)
-        values = jax.device_get(values)
+        steps, values, indices = zip(*self._steps)
+        values = [metrics if index is None else {name: value[index] for name, value in metrics.items()}
+                  for metrics, index in zip(jax.device_get(values), indices)]
         self._steps = []
         for step, metrics in zip(steps, values):
             if not np.isfinite(metrics["loss"]):

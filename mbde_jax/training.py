@@ -9,13 +9,14 @@ import contextlib
 import os
 import signal
 import time
+from typing import Sequence
 
 import jax
 import ml_collections
 from absl import logging
 
 from mbde_jax import (checkpoint, config_validation, distributed, experiment as experiment_lib, lifecycle, logs,
-                      progress, provenance, tensorboard_scalars, train_metrics, workdir as run_files)
+                      progress, provenance, run_record, seed_group, train_metrics, workdir as run_files)
 from mbde_jax.data import train_input
 from mbde_jax.data.eval_input import EvalInput
 from mbde_jax.experiment import Experiment
@@ -50,120 +51,130 @@ def make_train_pipeline(experiment: Experiment) -> train_input.TrainPipeline:
                         data_dir=config.data_dir, download=config.download, train_splits=experiment.train_splits)
 
 
+def seed_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    """The per-seed configs of config.num_seeds seeds: seeds config.seed, config.seed + 1, ..., each with
+    num_seeds 1, which is what each seed's config.json holds: exactly its separate run's config."""
+    configs = []
+    for offset in range(config.num_seeds):
+        copy = config.copy_and_resolve_references()
+        copy.seed, copy.num_seeds = config.seed + offset, 1
+        configs.append(copy)
+    return configs
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
-                       ) -> dict:
-    """Resolves `config` (experiment.resolve: checked once, here) and runs it in `workdir`; see run_experiment."""
-    return run_experiment(experiment_lib.resolve(config), workdir, allow_config_change=allow_config_change)
+                       ) -> dict | list[dict]:
+    """Resolves `config` (experiment.resolve: checked once, here) and runs it in `workdir`; see run_experiments.
+
+    With config.num_seeds = k > 1 the k seeds train together (mbde_jax.seed_group), seed s in
+    <workdir>/seed_<s>, and the list of their results is returned.
+    """
+    if config.num_seeds == 1:
+        return run_experiment(experiment_lib.resolve(config), workdir, allow_config_change=allow_config_change)
+    experiments = [experiment_lib.resolve(seed_config) for seed_config in seed_configs(config)]
+    return run_experiments(experiments, [run_files.seed_workdir(workdir, e.config.seed) for e in experiments],
+                           seed_execution=config.seed_execution, allow_config_change=allow_config_change)
 
 
 def run_experiment(experiment: Experiment, workdir: str, *, allow_config_change: bool = False) -> dict:
-    """Trains `experiment` in `workdir`, resuming from its newest readable checkpoint; returns results.json's content.
+    """Trains `experiment` in `workdir`; returns results.json's content. See run_experiments."""
+    return run_experiments([experiment], [workdir], allow_config_change=allow_config_change)[0]
 
-    The workdir receives: config.json, checkpoints/ (orbax), TensorBoard events and their custom-scalars
+
+def run_experiments(experiments: Sequence[Experiment], workdirs: Sequence[str], *, seed_execution: str = "auto",
+                    allow_config_change: bool = False) -> list[dict]:
+    """Trains `experiments` (one, or the seeds of a group: configs that differ only in seed) together, each in
+    its workdir, resuming from their newest readable checkpoint (run_record.restore_records); returns each
+    results.json's content.
+
+    Each workdir receives: config.json, checkpoints/ (orbax), TensorBoard events and their custom-scalars
     layout (tensorboard_scalars), history.json and metrics.csv (every evaluation), config_history.json (every
-    config replaced with --allow_config_change) and, at the end, results.json (the final epoch's metrics of every head, the headline, and the best epoch's, labelled).
-    One trainer at a time holds the workdir (lifecycle.WorkdirLock). The first SIGTERM or SIGINT finishes the
-    current step, checkpoints and raises lifecycle.TrainingStopped.
+    config replaced with --allow_config_change) and, at the end, results.json (the final epoch's metrics of every
+    head, the headline, and the best epoch's, labelled). One trainer at a time holds a workdir
+    (lifecycle.WorkdirLock). The first SIGTERM or SIGINT finishes the current step, checkpoints every run and
+    raises lifecycle.TrainingStopped.
 
     Args:
+      seed_execution: how a group's seed axis runs (seed_group.resolve_seed_execution).
       allow_config_change: resume even if the workdir's checkpoint was made with a different config (not one
         that changes the state's shapes: run_files.STATE_SHAPING_FIELDS).
     """
     logs.quiet_library_info_logs()
-    try:
-        run_files.prepare(workdir)
-    except OSError as error:
-        raise config_validation.ConfigError(
-            f"--workdir {workdir}: cannot be used ({error.strerror or error}); give a directory this user can "
-            f"create and write.") from None
-    lock = lifecycle.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock, lifecycle.GracefulStop() as stop:
-        return _train_and_evaluate(experiment, workdir, allow_config_change, stop, time.time())
+    for workdir in workdirs:
+        try:
+            run_files.prepare(workdir)
+        except OSError as error:
+            raise config_validation.ConfigError(
+                f"--workdir {workdir}: cannot be used ({error.strerror or error}); give a directory this user can "
+                f"create and write.") from None
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:
+            for workdir in workdirs:
+                stack.enter_context(lifecycle.WorkdirLock(workdir))
+        stop = stack.enter_context(lifecycle.GracefulStop())
+        execution = "loop" if len(experiments) == 1 else seed_group.resolve_seed_execution(seed_execution)
+        return _train_together(experiments, workdirs, execution, allow_config_change, stop, time.time())
 
 
-def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, stop: lifecycle.GracefulStop,
-                        entered: float) -> dict:
-    config, mesh = experiment.config, experiment.mesh
-    primary = jax.process_index() == 0  # the one process that writes the workdir's files
+def _train_together(experiments: Sequence[Experiment], workdirs: Sequence[str], execution: str,
+                    allow_config_change: bool, stop: lifecycle.GracefulStop, entered: float) -> list[dict]:
+    experiment = experiments[0]  # the configs differ only in seed
+    config, mesh, num_runs = experiment.config, experiment.mesh, len(experiments)
+    primary = jax.process_index() == 0  # the one process that writes the workdirs' files
     logging.info("global batch %d = %d process(es) x %d device(s) x %d per device", config.batch_size,
                  jax.process_count(), len(mesh.local_devices), experiment.per_device_batch_size)
     run_provenance = provenance.collect()
     logging.info("made with: %s", provenance.format_provenance(run_provenance))
+    where = workdirs[0] if num_runs == 1 else (f"{os.path.dirname(workdirs[0])}/seed_* (seeds "
+                                               f"{', '.join(str(e.config.seed) for e in experiments)}, {execution})")
     logging.info("%s on %s (%s, %d branches), %d epochs, in %s: reading the data, initialising the model",
-                 config.method, config.dataset, config.arch, experiment.num_branches, config.num_epochs, workdir)
+                 config.method, config.dataset, config.arch, experiment.num_branches, config.num_epochs, where)
 
-    pipeline = make_train_pipeline(experiment)
+    pipelines = [make_train_pipeline(e) for e in experiments]
     eval_input = EvalInput(config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
                            data_dir=config.data_dir, download=config.download)
-    steps_per_epoch = pipeline.steps_per_epoch
-    trainer = Trainer(experiment, steps_per_epoch)
+    steps_per_epoch = pipelines[0].steps_per_epoch
+    group = seed_group.SeedGroup(experiments, steps_per_epoch, execution)
     total_steps = config.num_epochs * steps_per_epoch
-    current_config = experiment.config_json
-
-    checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    records = []
     try:
-        state, meta = checkpoint.restore_or_init(workdir, trainer, checkpointer, current_config,
-                                                 allow_config_change)
+        for e, workdir in zip(experiments, workdirs):
+            records.append(run_record.RunRecord(e, workdir, primary))
+        state, step = run_record.restore_records(records, group, allow_config_change)
     except BaseException:
-        checkpointer.close()
+        for record in records:
+            record.close()
         raise
-    last_checkpoint = checkpointer.latest_step()
     logging.info("ready in %.1f s: %d steps per epoch, %d in all; the first step compiles the train step",
                  time.time() - entered, steps_per_epoch, total_steps)
-    if primary:
-        run_files.write_config(workdir, current_config)
-
-    writer = tensorboard_scalars.create_writer(workdir, primary)
-    if primary:
-        tensorboard_scalars.write_layout(workdir)
-        run_files.write_metrics_csv(workdir, meta["history"])  # drops rows of evaluations the checkpoint lacks
-    if int(state.step) == 0:
-        writer.write_hparams({k: v for k, v in current_config.items() if isinstance(v, (int, float, str, bool))})
-    pending = train_metrics.PendingMetrics()
-    pending.load_running_sums(meta.get("train_running_sums"))
-    step = int(state.step)
     start_epoch, start_batch = divmod(step, steps_per_epoch)
     started = time.time()
-    seconds_before = float(meta.get("train_seconds", 0.0))
     last_save_time = time.monotonic()
     console = progress.ConsoleProgress(
         total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs,
-        global_batch=config.batch_size, every_seconds=config.log_every_seconds, start_step=step,
-        evaluations_left=lambda step: sum(evaluates(e) for e in range(step // steps_per_epoch, config.num_epochs)))
-    last_loss = None
+        global_batch=config.batch_size * num_runs, every_seconds=config.log_every_seconds, start_step=step,
+        evaluations_left=lambda step: sum(evaluates(e) for e in range(step // steps_per_epoch, config.num_epochs)),
+        num_seeds=num_runs)
 
-    def write_train(summary: dict[str, float]) -> None:
-        nonlocal last_loss
-        if summary:
-            last_loss = summary["loss"]
-            writer.write_scalars(step, tensorboard_scalars.train_scalars(
-                summary, experiment.num_branches, experiment.method.ramped))
+    def write_train() -> None:
+        for record in records:
+            record.write_train(step)
 
-    def save(step: int) -> None:
-        nonlocal last_checkpoint, last_save_time
-        write_train(pending.flush(last_checkpoint))  # never checkpoint a non-finite state
-        meta["train_running_sums"] = pending.running_sums()
-        meta["train_seconds"] = round(seconds_before + time.time() - started, 1)
-        checkpointer.save(step, state, meta)
-        last_checkpoint, last_save_time = step, time.monotonic()
+    def save() -> None:
+        nonlocal last_save_time
+        for record, seed_state in zip(records, group.states(state)):
+            record.save(step, seed_state, time.time() - started)
+        last_save_time = time.monotonic()
 
     def evaluate(epoch: int) -> None:
-        """Evaluates the state at the end of 0-based `epoch` and appends it to the history."""
-        write_train(pending.flush(last_checkpoint))
+        """Evaluates the states at the end of 0-based `epoch` and appends them to the histories."""
+        write_train()
         eval_started = console.evaluation_started()
-        metrics = trainer.evaluate(state, eval_input.batches())
-        entry = {"epoch": epoch + 1, "step": step, "metrics": metrics, "train": pending.epoch_means(),
-                 "learning_rate": float(experiment.learning_rate(epoch)),
-                 "ramp_weight": float(experiment.ramp_weight(epoch)),
-                 "provenance": run_provenance}
-        if meta["best"] is None or metrics["top1/deployed"] > meta["best"]["metrics"]["top1/deployed"]:
-            meta["best"] = entry
-        console.evaluation_done(eval_started, epoch + 1, metrics, meta["best"])
-        meta["history"].append(entry)
-        writer.write_scalars(step, tensorboard_scalars.test_scalars(metrics))
-        if primary:
-            run_files.write_history(workdir, meta["history"])
-            run_files.write_metrics_csv(workdir, meta["history"])
+        for record, metrics in zip(records, group.evaluate(state, eval_input.batches)):
+            record.add_evaluation(epoch, step, metrics, run_provenance)
+        console.evaluation_done(eval_started, epoch + 1,
+                                [(record.config.seed, record.meta["history"][-1]["metrics"], record.meta["best"])
+                                 for record in records])
 
     def evaluates(epoch: int) -> bool:
         return (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs
@@ -191,65 +202,62 @@ def _train_and_evaluate(experiment: Experiment, workdir, allow_config_change, st
     try:
         # A checkpoint is written before its epoch is evaluated, so a failing evaluation loses no training;
         # a run resumed at the end of an epoch whose evaluation is missing evaluates it first.
-        done_epochs = {entry["epoch"] for entry in meta["history"]}
+        done_epochs = {entry["epoch"] for entry in records[0].meta["history"]}
         if start_batch == 0 and start_epoch > 0 and evaluates(start_epoch - 1) and start_epoch not in done_epochs:
             evaluate(start_epoch - 1)
         for epoch in range(start_epoch, config.num_epochs):
-            for batch in pipeline.epoch_batches(epoch, start_batch):
-                state, metrics = trainer.train_step(state, batch)
-                pending.add(step, metrics)
+            epoch_batches = zip(*(pipeline.epoch_batches(epoch, start_batch) for pipeline in pipelines))
+            for batches in epoch_batches:
+                state, per_seed_metrics = group.train_step(state, batches)
+                for record, (metrics, index) in zip(records, per_seed_metrics):
+                    record.pending.add(step, metrics, index)
                 step += 1
                 if step % config.log_every_steps == 0:
-                    write_train(pending.flush(last_checkpoint))
+                    write_train()
                 if console.line_due():
-                    jax.block_until_ready(state.step)  # time computed steps, not dispatched ones
-                images_per_second = console.step_done(step, last_loss)
+                    jax.block_until_ready(group.step_of(state))  # time computed steps, not dispatched ones
+                losses = [record.last_loss for record in records if record.last_loss is not None]
+                images_per_second = console.step_done(step, sum(losses) / len(losses) if losses else None)
                 if images_per_second is not None:
-                    writer.write_scalars(step, {"train/images_per_second": images_per_second})
+                    for record in records:
+                        record.writer.write_scalars(step, {"train/images_per_second": images_per_second / num_runs})
                 stopping = stop_signal()
                 if stopping:
                     signum, by = stopping
-                    save(step)
+                    save()
                     raise lifecycle.TrainingStopped(
                         f"stopped by {signal.Signals(signum).name}{by} at step {step} of {total_steps} (epoch "
-                        f"{epoch + 1}, batch {step - epoch * steps_per_epoch} of {steps_per_epoch}); checkpoint "
-                        f"saved in {checkpointer.directory}. Run the same command again to resume.", signum)
+                        f"{epoch + 1}, batch {step - epoch * steps_per_epoch} of {steps_per_epoch}); "
+                        f"checkpoint saved in {_checkpoint_directories(records)}. Run the same command again "
+                        f"to resume.", signum)
                 if step % steps_per_epoch and (
                         (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
                         or time_to_save()):
-                    save(step)
+                    save()
             start_batch = 0
             if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.num_epochs:
-                save(step)
+                save()
             if evaluates(epoch):
                 evaluate(epoch)
             else:  # a train summary spans one epoch at most: its loss weights are constant (tensorboard_scalars)
-                write_train(pending.flush(last_checkpoint))
-        checkpointer.wait()
+                write_train()
+        for record in records:
+            record.checkpointer.wait()
     finally:
-        checkpointer.close()
-        writer.flush()
+        for record in records:
+            record.close()
 
-    final = meta["history"][-1]
-    session_seconds = round(time.time() - started, 1)
-    results = {
-        "method": config.method,
-        "dataset": config.dataset,
-        "arch": config.arch,
-        "num_branches": experiment.num_branches,
-        "seed": config.seed,
-        "deployed_head": final["metrics"]["deployed_head"],
-        "num_epochs": config.num_epochs,
-        "steps": step,
-        "final": final,
-        "best": dict(meta["best"], note="best epoch by the deployed head's test top-1; for reference only, "
-                                        "the headline is 'final'"),
-        "train_seconds_this_session": session_seconds,
-        "train_seconds": round(seconds_before + session_seconds, 1),  # every session of this run, resumes included
-        "train_images_per_second": console.train_images_per_second(step),  # this session, evaluations excluded
-        "provenance": run_provenance,
-    }
-    if primary:
-        run_files.write_results(workdir, results)
-    progress.log_final_block(results, os.path.join(workdir, run_files.RESULTS_FILE), time.time() - entered)
-    return results
+    session_seconds = time.time() - started
+    images_per_second = console.train_images_per_second(step)  # this session, evaluations excluded
+    every_results = [record.results(step, session_seconds, images_per_second and images_per_second / num_runs,
+                                    run_provenance) for record in records]
+    for record, results in zip(records, every_results):
+        progress.log_final_block(results, os.path.join(record.workdir, run_files.RESULTS_FILE),
+                                 time.time() - entered)
+    return every_results
+
+
+def _checkpoint_directories(records: Sequence[run_record.RunRecord]) -> str:
+    if len(records) == 1:
+        return records[0].checkpointer.directory
+    return f"{os.path.dirname(records[0].workdir)}/seed_*/checkpoints"

@@ -77,6 +77,11 @@ def _write_json(path: str, payload: Any) -> None:
     _write_atomically(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
+def seed_workdir(workdir: str, seed: int) -> str:
+    """Where seed `seed` of a run of several seeds (config.num_seeds > 1) in `workdir` lives."""
+    return os.path.join(workdir, f"seed_{seed}")
+
+
 def config_json(config: ml_collections.ConfigDict) -> dict:
     """The config as JSON values: what config.json holds and what configs are compared as."""
     return json.loads(config.to_json())

@@ -58,7 +58,7 @@ def test_evaluations_are_left_out_of_the_rate_and_added_to_the_eta(lines):
     clock.now += 6.0
     best = {"epoch": 1, "metrics": {"top1/deployed": 50.0}}
     metrics = {"deployed_head": "leader", "top1/deployed": 50.0, "top1/peer_ensemble": 48.25, "diversity": 0.125}
-    console.evaluation_done(started, 1, metrics, best)
+    console.evaluation_done(started, 1, [(0, metrics, best)])
     assert lines[-1] == ("epoch 1/10  test top-1 leader 50.00% (best 50.00%, epoch 1)  peer ensemble 48.25%  "
                          "diversity 0.1250  eval 6.0 s")
     rates = []
@@ -69,6 +69,26 @@ def test_evaluations_are_left_out_of_the_rate_and_added_to_the_eta(lines):
     assert rates[:-1] == [None] * 9 and rates[-1] == pytest.approx(32.0)
     assert lines[-1] == "epoch 2/10  step 20/100 (20%)  32.0 images/s  loss 1  ETA 0:02:08"
     assert console.train_images_per_second(20) == pytest.approx(32.0)
+
+
+def test_a_seed_group_logs_its_total_rate_and_one_evaluation_line_per_seed(lines):
+    clock = FakeClock()
+    console = _console(clock, every_seconds=10.0, global_batch=3 * 4, num_seeds=3)
+    console.step_done(1, None)
+    for step in range(2, 12):
+        clock.now += 1.0
+        console.step_done(step, 2.5)
+    # 10 steps of 3 seeds x 4 images in 10 s
+    assert lines[-1] == "epoch 2/10  step 11/100 (11%)  12.0 images/s (3 seeds; loss: their mean)  loss 2.5  ETA " \
+                        + progress.hours_minutes_seconds(console.eta_seconds(11))
+    started = console.evaluation_started()
+    clock.now += 2.0
+    entries = [(seed, {"deployed_head": "leader", "top1/deployed": 40.0 + seed, "top1/peer_ensemble": 30.0,
+                       "diversity": 0.5}, {"epoch": 1, "metrics": {"top1/deployed": 45.0}}) for seed in (4, 5, 6)]
+    console.evaluation_done(started, 1, entries)
+    assert [line.split(" test top-1")[0] for line in lines[-3:]] == ["epoch 1/10  seed 4:", "epoch 1/10  seed 5:",
+                                                                "epoch 1/10  seed 6:"]
+    assert "leader 46.00% (best 45.00%, epoch 1)" in lines[-1] and lines[-1].endswith("eval 2.0 s")
 
 
 def test_final_block_names_the_results_file_final_and_best(lines):
