@@ -87,10 +87,18 @@ def test_seeds_trained_together_equal_their_separate_runs_and_resume(tmp_path, m
             assert _comparable(group_root / f"seed_{seed}", name) == _comparable(tmp_path / f"alone_{seed}", name)
 
 
+def _assert_equal_but_for_rounding(actual: np.ndarray, desired: np.ndarray) -> None:
+    """|actual - desired| <= 1% of |desired| (Frobenius norms, per leaf). Rounding alone moves single elements a
+    lot: a unit whose pre-activation sits at a ReLU's kink takes the other side and its gradient differs outright;
+    a wrong stacking (another seed's batch, key or state) moves the whole leaf, by about its own norm."""
+    error = np.linalg.norm((actual - desired).ravel())
+    assert error <= 1e-2 * np.linalg.norm(desired.ravel()) + 1e-7, (error, np.linalg.norm(desired.ravel()))
+
+
 def test_vmapped_seeds_compute_what_their_separate_steps_compute(tmp_path):
     # The stacked program runs other kernels (batched convolutions), so it agrees to float32 rounding, not
     # bit for bit; over whole runs of the tiny test config rounding differences grow chaotically (a 3e-7
-    # relative nudge of the initial parameters does the same), so the check is a few steps long.
+    # relative nudge of the initial parameters does the same), so each step is checked from equal states.
     with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
         experiments = [experiment.resolve(_config(seed=seed, method="okddip")) for seed in SEEDS]
         pipelines = [training.make_train_pipeline(e) for e in experiments]
@@ -100,18 +108,20 @@ def test_vmapped_seeds_compute_what_their_separate_steps_compute(tmp_path):
         for state, alone in zip(group.states(stacked), separate):
             for leaf, leaf_alone in zip(jax.tree.leaves(state), jax.tree.leaves(alone)):
                 np.testing.assert_array_equal(np.asarray(leaf), np.asarray(leaf_alone))  # the same initial state
+        # Each step starts both sides from the same states, so that the check is of one step's computation and
+        # rounding differences never compound.
         batches = zip(*(pipeline.epoch_batches(0) for pipeline in pipelines))
         for _, seed_batches in zip(range(3), batches):
             stacked, per_seed = group.train_step(stacked, seed_batches)
             stepped = [t.train_step(state, batch) for t, state, batch in zip(trainers, separate, seed_batches)]
-            separate = [state for state, _ in stepped]
             for (metrics, index), (_, alone) in zip(per_seed, stepped):
                 for name, value in alone.items():
                     np.testing.assert_allclose(np.asarray(metrics[name])[index], value, rtol=1e-5, atol=1e-6)
+            for state, (alone, _) in zip(group.states(stacked), stepped):
+                for leaf, leaf_alone in zip(jax.tree.leaves(state), jax.tree.leaves(alone)):
+                    _assert_equal_but_for_rounding(np.asarray(leaf), np.asarray(leaf_alone))
+            separate = group.states(stacked)
         assert int(group.step_of(stacked)) == 3
-        for state, alone in zip(group.states(stacked), separate):
-            for leaf, leaf_alone in zip(jax.tree.leaves(state), jax.tree.leaves(alone)):
-                np.testing.assert_allclose(np.asarray(leaf), np.asarray(leaf_alone), rtol=1e-5, atol=1e-5)
         eval_batches = list(training.EvalInput("cifar10", global_batch_size=16, mesh=experiments[0].mesh,
                                                download=False).batches())
         for metrics, t, alone in zip(group.evaluate(stacked, lambda: iter(eval_batches)), trainers, separate):
