@@ -93,10 +93,6 @@ class SeedGroup:
         # then exactly its separate run's whatever the PRNG (jax's 'rbg' draws other bits under vmap).
         return self.from_states([trainer.init_state() for trainer in self.trainers])
 
-    def abstract_state(self) -> TrainState:
-        """One seed's abstract TrainState (what each seed's checkpoint restores into)."""
-        return self.trainers[0].abstract_state()
-
     def states(self, group_state: Any) -> list[TrainState]:
         """The k per-seed TrainStates of `group_state`, in seed order."""
         return self._unstack_states(group_state) if self.execution == "vmap" else list(group_state)
