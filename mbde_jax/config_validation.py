@@ -58,6 +58,9 @@ def _boundaries(value) -> str | None:
     return None
 
 
+# How config.num_seeds > 1 runs its seed axis (mbde_jax.seed_group resolves 'auto').
+SEED_EXECUTIONS = ("auto", "vmap", "loop")
+
 # name -> (accepted types, check or None, may be None)
 FIELDS: dict[str, tuple[tuple[type, ...], Check | None, bool]] = {
     "dataset": ((str,), _one_of(dataset_info.DATASETS), False),
@@ -82,7 +85,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], Check | None, bool]] = {
     "ffm_residual": ((bool,), None, False),
     "seed": ((int,), _non_negative, False),
     "num_seeds": ((int,), _at_least(1), False),
-    "seed_execution": ((str,), _one_of(("auto", "vmap", "loop")), False),
+    "seed_execution": ((str,), _one_of(SEED_EXECUTIONS), False),
     "batch_size": ((int,), _positive, False),
     "num_epochs": ((int,), _positive, False),
     "learning_rate": ((float, int), _positive, False),

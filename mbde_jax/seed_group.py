@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbde_jax import eval_metrics, sharding
+from mbde_jax import config_validation, eval_metrics, sharding
 from mbde_jax.experiment import Experiment
 from mbde_jax.trainer import TrainState, Trainer, eval_step, train_step
 
-SEED_EXECUTIONS = ("auto", "vmap", "loop")
+SEED_EXECUTIONS = config_validation.SEED_EXECUTIONS
 
 
 def resolve_seed_execution(requested: str, backend: str | None = None) -> str:
