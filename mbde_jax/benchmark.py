@@ -1,7 +1,7 @@
 """Throughput measurements, one subcommand each (`python -m mbde_jax.benchmark` is the same command).
 
     mbde-benchmark train --config configs/paper.py:cifar100,resnet32 [--config.<field>=<value> ...]
-                         [--steps 20] [--warmup 3] [--json out.json]
+                         [--steps 20] [--warmup 3] [--json out.json] [--compare_xla_option NAME=VALUE]
     mbde-benchmark eval --config configs/paper.py:cifar100,resnet32 [--steps 20] [--json out.json]
     mbde-benchmark input --dataset digits
     mbde-benchmark input --dataset cifar10 --data mock --mock_examples 20000 [--input_on_device]
@@ -12,6 +12,9 @@ devices, the compile time, the steady-state images/s (median over --steps steps 
 result blocked on), XLA's FLOP count of the step, the peak host memory and, on GPU/TPU, the peak device memory,
 and the load average before and after (on a shared machine the figures are only as good as that number).
 `eval`: the same for the evaluation step at config.eval_batch_size.
+`--compare_xla_option NAME=VALUE` (train, eval): the step is also compiled with that XLA option and the two
+programs are timed in turn, one step each; the line it adds gives the option's images/s and its speed over the
+default's. On a shared VM whose speed drifts by minutes, this is the fair A/B (separate runs are not).
 `input`: training images per second that the input pipeline delivers as global jax.Arrays on the local devices
 (every batch waited for with block_until_ready, epochs chained as the training loop chains them, so the
 per-epoch set-up is included). Pipeline construction (reading the split into memory) is not timed.
@@ -100,6 +103,35 @@ def _time_steps(run_step, steps: int, warmup: int) -> list[float]:
     return times
 
 
+def _time_in_turn(run_steps: list, steps: int, warmup: int) -> list[list[float]]:
+    """Seconds per call of each run_steps[i]() (each blocks on its result), called one after another in turn."""
+    for run_step in run_steps:
+        for _ in range(warmup):
+            run_step()
+    times = [[] for _ in run_steps]
+    for _ in range(steps):
+        for run_step, its_times in zip(run_steps, times):
+            start = time.perf_counter()
+            run_step()
+            its_times.append(time.perf_counter() - start)
+    return times
+
+
+def parse_xla_option(text: str) -> dict:
+    """'name=value' -> {name: value}, the value a bool, int or float where it reads as one, else the string."""
+    name, separator, value = text.partition("=")
+    name = name.strip().removeprefix("--")
+    if not separator or not name:
+        raise SystemExit(f"error: --compare_xla_option takes NAME=VALUE (e.g. "
+                         f"xla_cpu_enable_concurrency_optimized_scheduler=true); got {text!r}.")
+    for parse in (lambda v: {"true": True, "false": False}[v.lower()], int, float):
+        try:
+            return {name: parse(value)}
+        except (KeyError, ValueError):
+            pass
+    return {name: value}
+
+
 def _machine_figures() -> dict:
     """Where a figure was measured: devices, host CPU, JAX version, and the load average at the end."""
     import jax  # pylint: disable=import-outside-toplevel
@@ -144,7 +176,7 @@ def _report(kind: str, args: types.SimpleNamespace, config, batch_size: int, com
     print(f"benchmark {kind}: {args.config_file} {' '.join(args.overrides)}".rstrip())
     print(f"  model: method={config.method} arch={config.arch} dataset={config.dataset} "
           f"batch={batch_size} compute_dtype={config.compute_dtype} "
-          + " ".join(f"{k}={v}" for k, v in extra.items()))
+          + " ".join(f"{k}={v}" for k, v in extra.items() if k != "compared"))
     print(f"  devices: {len(devices)} x {devices[0].platform} ({devices[0].device_kind}); host {result['host_cpu']}, "
           f"{os.cpu_count()} cores; jax {jax.__version__}")
     cached = " (read from the persistent compilation cache, not compiled)" if compile_from_cache else ""
@@ -157,6 +189,11 @@ def _report(kind: str, args: types.SimpleNamespace, config, batch_size: int, com
               f"{result['images_per_s_per_seed']:,.1f} images/s per seed")
     if flops:
         print(f"  XLA cost analysis: {result['gflop_per_image']:.3f} GFLOP/image, {result['gflop_per_s']:.0f} GFLOP/s")
+    if "compared" in extra:
+        compared = extra["compared"]
+        print(f"  with {compared['xla_option']}={compared['value']}, timed in turn with the above: median "
+              f"{compared['step_ms_median']:.1f} ms = {compared['images_per_s']:,.1f} images/s, "
+              f"{compared['speedup_over_default']:.3f}x the default's speed")
     device_memory = result["peak_device_memory_gib"]
     print(f"  peak host memory {result['peak_host_memory_gib']:.2f} GiB"
           + (f"; peak device memory {device_memory:.2f} GiB" if device_memory is not None else "")
@@ -225,6 +262,7 @@ def _synthetic_batch(config, batch_size: int, mesh, seed: int, with_mask: bool):
 def _step_command(args: types.SimpleNamespace) -> dict:
     """`train` or `eval` (args.command): compile the step, time it, report."""
     load_before = os.getloadavg()
+    option = parse_xla_option(args.compare_xla_option) if args.compare_xla_option else None
     experiment, trainer, group = _setup(args)
     import jax  # pylint: disable=import-outside-toplevel
 
@@ -252,15 +290,36 @@ def _step_command(args: types.SimpleNamespace) -> dict:
         compile_s = time.perf_counter() - start
     holder = [state]
 
-    def run_step():
-        # a train step donates its state: carry it from step to step
-        holder[0], outputs = run(compiled, holder[0])
-        jax.block_until_ready((holder[0], outputs))
+    def stepper(executable):
+        def run_step():
+            # a train step donates its state: carry it from step to step
+            holder[0], outputs = run(executable, holder[0])
+            jax.block_until_ready((holder[0], outputs))
+        return run_step
 
-    times = _time_steps(run_step, args.steps, args.warmup)
+    if option is None:
+        times = _time_steps(stepper(compiled), args.steps, args.warmup)
+    else:
+        try:
+            with_option = lowered().compile(compiler_options=option)
+        except Exception as error:  # pylint: disable=broad-except  # XLA names the option and what is wrong
+            raise SystemExit(f"error: --compare_xla_option {args.compare_xla_option}: XLA refused it: "
+                             f"{str(error).splitlines()[0]}") from None
+        times, option_times = _time_in_turn([stepper(compiled), stepper(with_option)], args.steps, args.warmup)
+        extra["compared"] = _compared(option, times, option_times, batch_size)
     flops = _flops(compiled, mesh.devices.size)
     return _report(args.command, args, config, batch_size, compile_s, times, flops and flops * calls_per_step,
                    load_before, extra, compile_from_cache=bool(cache_hits))
+
+
+def _compared(option: dict, times: list[float], option_times: list[float], batch_size: int) -> dict:
+    """The figures of the step compiled with `option`, beside the default's (timed in turn with it)."""
+    (name, value), = option.items()
+    ratio = statistics.median(times) / statistics.median(option_times)
+    figures = {"xla_option": name, "value": value, "step_ms_median": round(statistics.median(option_times) * 1e3, 2),
+               "images_per_s": round(batch_size / statistics.median(option_times), 2),
+               "speedup_over_default": round(ratio, 3)}
+    return figures
 
 
 # --------------------------------------------------------------------------------------------------------------

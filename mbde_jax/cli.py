@@ -261,7 +261,11 @@ def _benchmark_flags(command: str, fv: Flags, argv: Sequence[str]) -> dict:
     if command in ("train", "eval"):
         return dict(holders, config=_config_flag(fv, argv),
                     steps=flags.DEFINE_integer("steps", 20, "Timed steps.", flag_values=fv),
-                    warmup=flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.", flag_values=fv))
+                    warmup=flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.", flag_values=fv),
+                    compare_xla_option=flags.DEFINE_string(
+                        "compare_xla_option", None, "NAME=VALUE: also compile the step with this XLA option "
+                        "(e.g. xla_cpu_enable_concurrency_optimized_scheduler=true) and time the two programs in "
+                        "turn, one step each, so that a machine's drift hits both alike.", flag_values=fv))
     from mbde_jax.data import info as dataset_info  # pylint: disable=import-outside-toplevel
 
     holders["dataset"] = flags.DEFINE_enum("dataset", None, sorted(dataset_info.DATASETS), "Dataset.",

@@ -92,3 +92,37 @@ def test_a_compile_read_from_the_persistent_cache_is_reported_as_such(tmp_path):
         results.append(json.loads(out.read_text()))
         assert ("read from the persistent compilation cache" in completed.stdout) is (run == "second")
     assert [r["compile_from_cache"] for r in results] == [False, True]
+
+
+def test_steps_compared_in_turn_alternate_after_each_ones_warm_up():
+    calls = []
+    times = benchmark._time_in_turn([lambda: calls.append("a"), lambda: calls.append("b")], steps=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert [len(t) for t in times] == [3, 3] and all(s >= 0 for t in times for s in t)
+
+
+def test_an_xla_option_is_parsed_as_the_type_it_reads_as():
+    assert benchmark.parse_xla_option("xla_cpu_enable_fast_math=TRUE") == {"xla_cpu_enable_fast_math": True}
+    assert benchmark.parse_xla_option("--xla_cpu_prefer_vector_width=512") == {"xla_cpu_prefer_vector_width": 512}
+    assert benchmark.parse_xla_option("x=0.5") == {"x": 0.5}
+    assert benchmark.parse_xla_option("xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT") == {
+        "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_DEFAULT"}
+    for bad in ("xla_cpu_enable_fast_math", "=true"):
+        with pytest.raises(SystemExit, match=r"--compare_xla_option takes NAME=VALUE .* got"):
+            benchmark.parse_xla_option(bad)
+
+
+def test_a_compared_xla_option_is_timed_beside_the_default(tmp_path, capsys):
+    out = tmp_path / "train.json"
+    result = benchmark.main(["train", "--config", TEST_CONFIG, "--steps", "2", "--warmup", "1", "--json", str(out),
+                             "--config.batch_size=4",
+                             "--compare_xla_option", "xla_cpu_enable_concurrency_optimized_scheduler=true"])
+    compared = json.loads(out.read_text())["compared"]
+    assert compared["xla_option"] == "xla_cpu_enable_concurrency_optimized_scheduler" and compared["value"] is True
+    assert compared["images_per_s"] == pytest.approx(4 / compared["step_ms_median"] * 1e3, rel=1e-3)
+    assert compared["speedup_over_default"] == pytest.approx(
+        result["step_ms_median"] / compared["step_ms_median"], rel=1e-2)
+    assert "timed in turn with the above" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="xla_cpu_scheduler_type=bogus: XLA refused it: .*not a valid enum"):
+        benchmark.main(["train", "--config", TEST_CONFIG, "--steps", "1", "--warmup", "0", "--config.batch_size=4",
+                        "--compare_xla_option", "xla_cpu_scheduler_type=bogus"])
