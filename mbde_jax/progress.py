@@ -115,8 +115,12 @@ class ConsoleProgress:
         return timed_steps * self.global_batch / self._timed_seconds
 
 
-def log_final_block(results: dict, results_path: str, wall_seconds: float) -> None:
-    """The closing lines of a finished run: where its results are, final and best, time and throughput."""
+def log_final_block(results: dict, results_path: str, wall_seconds: float, runs_together: int = 1) -> None:
+    """The closing lines of a finished run: where its results are, final and best, time and throughput.
+
+    runs_together: how many seeds trained in lockstep with this one (config.num_seeds); its images/s are then
+    its share of the group's, and the line says so.
+    """
     final, best = results["final"], results["best"]
     head = results["deployed_head"]
     rate = results.get("train_images_per_second")
@@ -129,6 +133,7 @@ def log_final_block(results: dict, results_path: str, wall_seconds: float) -> No
         f"test set: for reference only)",
         f"  wall time {hours_minutes_seconds(wall_seconds)} this session (data, compilation, training, evaluation)"
         + (f", training at {rate:.1f} images/s on average" if rate else "")
+        + (f" (this seed's share: {runs_together} seeds trained together)" if rate and runs_together > 1 else "")
         + f"; {hours_minutes_seconds(results['train_seconds'])} over every session",
         f"  results: {results_path} (and metrics.csv, history.json, TensorBoard events beside it)",
     ]

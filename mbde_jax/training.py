@@ -253,7 +253,7 @@ def _train_together(experiments: Sequence[Experiment], workdirs: Sequence[str], 
                                     run_provenance) for record in records]
     for record, results in zip(records, every_results):
         progress.log_final_block(results, os.path.join(record.workdir, run_files.RESULTS_FILE),
-                                 time.time() - entered)
+                                 time.time() - entered, runs_together=num_runs)
     return every_results
 
 

@@ -104,6 +104,10 @@ def test_final_block_names_the_results_file_final_and_best(lines):
     assert "wall time 1:02:05 this session" in lines[3] and "123.5 images/s" in lines[3]
     assert "0:02:10 over every session" in lines[3]
     assert lines[4].startswith("  results: /w/results.json")
+    assert "trained together" not in lines[3]
+    progress.log_final_block(results, "/w/seed_1/results.json", 3725.0, runs_together=3)
+    assert lines[-2].endswith("123.5 images/s on average (this seed's share: 3 seeds trained together); "
+                              "0:02:10 over every session")
 
 
 def test_a_line_is_due_at_the_first_step_and_then_every_interval():
