@@ -40,10 +40,10 @@ def stage(layout: str, x, kernels):
 
 
 def compile_step(layout: str, x, kernels):
-    """(jitted value_and_grad of sum(sin(stage)), its copy count, its transpose count in XLA's optimised HLO)."""
+    """(compiled value_and_grad of sum(sin(stage)), its copy count, its transpose count in XLA's optimised HLO)."""
     loss = lambda x, kernels: jnp.sum(jnp.sin(stage(layout, x, kernels)))  # noqa: E731
-    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    opcodes = re.findall(r"= \S+ (copy|transpose)\(", step.lower(x, kernels).compile().as_text())
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, kernels).compile()
+    opcodes = re.findall(r"= \S+ (copy|transpose)\(", step.as_text())
     return step, opcodes.count("copy"), opcodes.count("transpose")
 
 

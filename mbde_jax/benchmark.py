@@ -91,20 +91,9 @@ def _flops(compiled, num_devices: int) -> float | None:
     return float(flops) * num_devices if flops else None
 
 
-def _time_steps(run_step, steps: int, warmup: int) -> list[float]:
-    """Seconds per call of run_step() (which blocks on its result), after `warmup` untimed calls."""
-    for _ in range(warmup):
-        run_step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run_step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _time_in_turn(run_steps: list, steps: int, warmup: int) -> list[list[float]]:
-    """Seconds per call of each run_steps[i]() (each blocks on its result), called one after another in turn."""
+    """Seconds per call of each run_steps[i]() (each blocks on its result), after `warmup` untimed calls of each,
+    the timed calls made one of each in turn (one run_step: plain timing)."""
     for run_step in run_steps:
         for _ in range(warmup):
             run_step()
@@ -143,7 +132,8 @@ def _machine_figures() -> dict:
 
 
 def _report(kind: str, args: types.SimpleNamespace, config, batch_size: int, compile_s: float, times: list[float],
-            flops: float | None, load_before: tuple, extra: dict, compile_from_cache: bool) -> dict:
+            flops: float | None, load_before: tuple, extra: dict, compile_from_cache: bool,
+            compared: dict | None = None) -> dict:
     import jax  # pylint: disable=import-outside-toplevel
 
     devices = jax.devices()
@@ -176,7 +166,7 @@ def _report(kind: str, args: types.SimpleNamespace, config, batch_size: int, com
     print(f"benchmark {kind}: {args.config_file} {' '.join(args.overrides)}".rstrip())
     print(f"  model: method={config.method} arch={config.arch} dataset={config.dataset} "
           f"batch={batch_size} compute_dtype={config.compute_dtype} "
-          + " ".join(f"{k}={v}" for k, v in extra.items() if k != "compared"))
+          + " ".join(f"{k}={v}" for k, v in extra.items()))
     print(f"  devices: {len(devices)} x {devices[0].platform} ({devices[0].device_kind}); host {result['host_cpu']}, "
           f"{os.cpu_count()} cores; jax {jax.__version__}")
     cached = " (read from the persistent compilation cache, not compiled)" if compile_from_cache else ""
@@ -189,8 +179,8 @@ def _report(kind: str, args: types.SimpleNamespace, config, batch_size: int, com
               f"{result['images_per_s_per_seed']:,.1f} images/s per seed")
     if flops:
         print(f"  XLA cost analysis: {result['gflop_per_image']:.3f} GFLOP/image, {result['gflop_per_s']:.0f} GFLOP/s")
-    if "compared" in extra:
-        compared = extra["compared"]
+    if compared:
+        result["compared"] = compared
         print(f"  with {compared['xla_option']}={compared['value']}, timed in turn with the above: median "
               f"{compared['step_ms_median']:.1f} ms = {compared['images_per_s']:,.1f} images/s, "
               f"{compared['speedup_over_default']:.3f}x the default's speed")
@@ -297,29 +287,27 @@ def _step_command(args: types.SimpleNamespace) -> dict:
             jax.block_until_ready((holder[0], outputs))
         return run_step
 
-    if option is None:
-        times = _time_steps(stepper(compiled), args.steps, args.warmup)
-    else:
+    executables = [compiled]
+    if option is not None:
         try:
-            with_option = lowered().compile(compiler_options=option)
+            executables.append(lowered().compile(compiler_options=option))
         except Exception as error:  # pylint: disable=broad-except  # XLA names the option and what is wrong
             raise SystemExit(f"error: --compare_xla_option {args.compare_xla_option}: XLA refused it: "
                              f"{str(error).splitlines()[0]}") from None
-        times, option_times = _time_in_turn([stepper(compiled), stepper(with_option)], args.steps, args.warmup)
-        extra["compared"] = _compared(option, times, option_times, batch_size)
+    times, *option_times = _time_in_turn([stepper(e) for e in executables], args.steps, args.warmup)
     flops = _flops(compiled, mesh.devices.size)
     return _report(args.command, args, config, batch_size, compile_s, times, flops and flops * calls_per_step,
-                   load_before, extra, compile_from_cache=bool(cache_hits))
+                   load_before, extra, compile_from_cache=bool(cache_hits),
+                   compared=_compared(option, times, option_times[0], batch_size) if option_times else None)
 
 
 def _compared(option: dict, times: list[float], option_times: list[float], batch_size: int) -> dict:
     """The figures of the step compiled with `option`, beside the default's (timed in turn with it)."""
     (name, value), = option.items()
-    ratio = statistics.median(times) / statistics.median(option_times)
-    figures = {"xla_option": name, "value": value, "step_ms_median": round(statistics.median(option_times) * 1e3, 2),
-               "images_per_s": round(batch_size / statistics.median(option_times), 2),
-               "speedup_over_default": round(ratio, 3)}
-    return figures
+    median = statistics.median(option_times)
+    return {"xla_option": name, "value": value, "step_ms_median": round(median * 1e3, 2),
+            "images_per_s": round(batch_size / median, 2),
+            "speedup_over_default": round(statistics.median(times) / median, 3)}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -101,6 +101,13 @@ def test_steps_compared_in_turn_alternate_after_each_ones_warm_up():
     assert [len(t) for t in times] == [3, 3] and all(s >= 0 for t in times for s in t)
 
 
+def test_the_compared_figures_are_the_options_and_its_speed_over_the_defaults():
+    compared = benchmark._compared({"xla_cpu_enable_fast_math": True}, times=[0.3, 0.2, 0.2],
+                                   option_times=[0.1, 0.1, 0.5], batch_size=4)
+    assert compared == {"xla_option": "xla_cpu_enable_fast_math", "value": True, "step_ms_median": 100.0,
+                        "images_per_s": 40.0, "speedup_over_default": 2.0}
+
+
 def test_an_xla_option_is_parsed_as_the_type_it_reads_as():
     assert benchmark.parse_xla_option("xla_cpu_enable_fast_math=TRUE") == {"xla_cpu_enable_fast_math": True}
     assert benchmark.parse_xla_option("--xla_cpu_prefer_vector_width=512") == {"xla_cpu_prefer_vector_width": 512}
