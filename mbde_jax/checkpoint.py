@@ -8,17 +8,20 @@ step: the input pipeline is a pure function of (seed, epoch) and resumes at step
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import glob
 import os
 import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mbde_jax import config_validation, distributed, workdir as workdir_files
+from mbde_jax import config_validation, distributed, logs, workdir as workdir_files
 
 # The layout of the saved state's tree, recorded in every checkpoint's metadata. Raised whenever the tree changes
 # (layer names, optimizer state), so that a workdir of another layout is refused by name rather than taken for
@@ -29,6 +32,66 @@ STATE_LAYOUT = 2
 # Orbax writes a step into '<step>.orbax-checkpoint-tmp-<n>' and renames it when complete; a run killed mid-save
 # leaves that folder behind.
 TMP_PATTERN = "*.orbax-checkpoint-tmp*"
+
+
+# How long a closing event loop waits for the reads and writes it started (local file operations: milliseconds).
+_PENDING_TASKS_TIMEOUT_SECONDS = 60.0
+
+
+class _LoopClosedAfterItsTasks(asyncio.SelectorEventLoop):
+    """An event loop whose close() first lets the tasks still pending on it end.
+
+    orbax runs every save and restore on a fresh event loop (asyncio_utils.run_sync) and closes it when the
+    asyncio.gather of its tensorstore reads or writes returns, which it does at the first failure. The other reads
+    are still in flight in tensorstore's threads; each that finishes then calls call_soon_threadsafe on the closed
+    loop, and tensorstore prints that "RuntimeError: Event loop is closed" with a traceback: hundreds of them for
+    one damaged checkpoint or one full disk. Letting them end before the loop closes ends them.
+    """
+
+    def close(self) -> None:
+        if not self.is_closed() and not self.is_running():
+            pending = asyncio.all_tasks(self)
+            if pending:
+                done, _ = self.run_until_complete(asyncio.wait(pending, timeout=_PENDING_TASKS_TIMEOUT_SECONDS))
+                for task in done:  # their errors are the one the caller already has: retrieved, not reported
+                    if not task.cancelled():
+                        task.exception()
+        super().close()
+
+
+class _TasksEndBeforeLoopsClose(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _LoopClosedAfterItsTasks()
+
+
+@contextlib.contextmanager
+def _orbax_calls() -> Iterator[None]:
+    """Around every call into orbax: the event loops it creates (in any thread) let their tasks end before they
+    close (_LoopClosedAfterItsTasks). The previous event loop policy comes back afterwards."""
+    previous = asyncio.get_event_loop_policy()
+    if isinstance(previous, _TasksEndBeforeLoopsClose):  # nested
+        yield
+        return
+    asyncio.set_event_loop_policy(_TasksEndBeforeLoopsClose())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
+
+
+def _brief(error: BaseException) -> str:
+    """The error's message without the JSON specs tensorstore appends (hundreds of characters each)."""
+    return " ".join(str(error).split()).split(" [tensorstore_spec")[0][:300] or type(error).__name__
+
+
+def _save_failure_reason(error: BaseException) -> str:
+    """What stopped a save, in a few words."""
+    text = " ".join(str(error).split())
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left on device" in text:
+        return "no space left on the device"
+    if isinstance(error, OSError) and error.errno == errno.EACCES or "Permission denied" in text:
+        return "permission denied"
+    return _brief(error)
 
 
 class CheckpointSaveError(OSError):
@@ -77,18 +140,18 @@ class Checkpointer:
         )
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
-    def _remove_partial_saves(self) -> None:
+    def _remove_partial_saves(self, announce: bool = True) -> None:
         if jax.process_index() != 0:
             return
         for partial in glob.glob(os.path.join(self.directory, TMP_PATTERN)):
             shutil.rmtree(partial, ignore_errors=True)
-            logging.warning("removed %s: a checkpoint save that did not complete", partial)
+            if announce:
+                logging.warning("removed %s: a checkpoint save that did not complete", partial)
 
     def _set_aside(self, step: int, error: BaseException | None) -> None:
         """Moves an unreadable step out of the checkpoint directory (renamed, never deleted); `error` is this
         process's reason, None when the step read here but not on another process."""
-        reason = (f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
-                  if error is not None else "unreadable on another process")
+        reason = f"{type(error).__name__}: {_brief(error)}" if error is not None else "unreadable on another process"
         if self._read_only:
             logging.warning("checkpoint step %d in %s cannot be read (%s); trying the previous one", step,
                             self.directory, reason)
@@ -139,25 +202,34 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Saves `state` and `meta` at `step` (returns once the checkpoint is complete on disk)."""
+        """Saves `state` and `meta` at `step` (returns once the checkpoint is complete on disk).
+
+        A save that fails raises CheckpointSaveError, one line naming the cause and the step the next run resumes
+        from; orbax's own log records of that failure (a traceback per writer thread) are dropped with it
+        (MBDE_DEBUG=1 keeps them), those of a save that succeeds are passed on.
+        """
         try:
-            self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta, state_layout=STATE_LAYOUT))),
-                force=True)
+            with logs.library_records_held("/orbax/"), _orbax_calls():
+                self._manager.save(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave(dict(meta, state_layout=STATE_LAYOUT))), force=True)
         except Exception as error:  # ENOSPC and EACCES reach us wrapped in orbax's and tensorstore's types
-            self._remove_partial_saves()
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            self._remove_partial_saves(announce=False)  # the error below says so
+            kept = self.latest_step()
+            resumes = (f"the next run resumes from step {kept}, the latest checkpoint, which is intact"
+                       if kept is not None else "there is no earlier checkpoint: the next run starts from step 0")
             raise CheckpointSaveError(
-                f"checkpoint step {step} could not be written in {self.directory} ({first_line}); the partial "
-                f"save was removed and earlier checkpoints are intact. Free space or fix the permissions, then "
-                f"run the same command again to resume.") from error
+                f"checkpoint step {step} could not be written in {self.directory} ({_save_failure_reason(error)}); "
+                f"the partial save was removed and {resumes}. Free space or fix the permissions, then run the "
+                f"same command again.") from error
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
     def _read(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        with _orbax_calls():
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored["state"], _checked_meta(restored["meta"])
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
@@ -174,13 +246,15 @@ class Checkpointer:
     def restore_meta(self) -> dict:
         """The JSON metadata of the newest step whose metadata reads (cheap: no arrays are read)."""
         def read(step: int) -> dict:
-            restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            with _orbax_calls():
+                restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             return _checked_meta(restored["meta"])
         return self._newest_readable(read)[1]
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        with _orbax_calls():
+            self._manager.wait_until_finished()
+            self._manager.close()
 
 
 def _checked_meta(meta: Any) -> dict:

@@ -61,6 +61,37 @@ def quiet_console() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
+class _HeldRecords(std_logging.Filter):
+    def __init__(self, path: str):
+        super().__init__()
+        self.path, self.records = path, []
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if self.path in record.pathname:
+            self.records.append(record)  # from any thread: orbax logs its writers' failures from theirs
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def library_records_held(path: str) -> Iterator[None]:
+    """Holds the log records of the library whose files lie under `path` (e.g. "/orbax/") while the block runs:
+    they are passed on when it ends normally and dropped when it raises, since the error raised names the
+    failure they report (a traceback each) in one line. MBDE_DEBUG=1 holds nothing."""
+    if _debugging():
+        yield
+        return
+    held = _HeldRecords(path)
+    logger = logging.get_absl_logger()  # absl's logging module writes every record through this logger
+    logger.addFilter(held)
+    try:
+        yield
+    finally:
+        logger.removeFilter(held)
+    for record in held.records:  # not reached when the block raised
+        logger.handle(record)
+
+
 @contextlib.contextmanager
 def filtered_stderr(dropped: Sequence[str] = TENSORFLOW_BANNER) -> Iterator[None]:
     """Holds what is written to file descriptor 2 (C++ code included) until the block ends, then passes on
