@@ -110,7 +110,7 @@ class RunRecord:
             self.checkpointer.close()
         finally:
             if self.writer is not None:
-                self.writer.flush()
+                self.writer.close()
 
 
 def restore_records(records: Sequence[RunRecord], group, allow_config_change: bool) -> tuple[Any, int]:

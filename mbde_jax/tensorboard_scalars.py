@@ -16,15 +16,23 @@ Tags (every one varies during a run; config constants such as the loss weights a
 
 The layout (custom_scalars plugin) is one event file of fixed name in the workdir, rewritten at every start:
 the same charts for every run, so a sweep root opened in TensorBoard merges them into one set of charts.
+
+The events are written here, in the calling thread, with TensorBoard's record format (EventsFile), not through
+TensorFlow's summary writer: that one writes from its own thread and C++ ops, so a full disk surfaced as C++
+warnings and a traceback from a writer thread, later, instead of an OSError where the write failed.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
+from typing import Any, Mapping
 
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer import record_writer
 
 LAYOUT_FILE = "events.out.tfevents.0.mbde_jax_layout"
@@ -120,11 +128,83 @@ def write_layout(workdir: str) -> str:
     return path
 
 
-def create_writer(workdir: str, primary: bool):
-    """clu's TensorBoard writer of the workdir (asynchronous) for the process that writes the workdir; a writer
-    that drops everything for the others. Nothing is echoed to the console."""
-    from clu import metric_writers  # pylint: disable=import-outside-toplevel  # imports TensorFlow
+class EventsFile:
+    """One session's TensorBoard events of a run: <workdir>/events.out.tfevents.<time>.<host>.<pid>.0.v2, as
+    TensorFlow's writer names them. Each write_* call reaches the file before it returns, so a failure (a full
+    disk) is an OSError naming the file, raised to the caller."""
 
-    if not primary:
-        return metric_writers.MultiWriter([])
-    return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
+                                          f"{os.getpid()}.0.v2")
+        self._charted: set[str] = set()  # tags whose metadata (the scalars plugin) this file holds already
+        self._failed = False
+        self._file = self._io(lambda: open(self.path, "ab"))
+        self._records = record_writer.RecordWriter(self._file)
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _io(self, operation):
+        try:
+            return operation()
+        except OSError as error:
+            self._failed = True
+            raise OSError(error.errno, f"{error.strerror or error}: the TensorBoard events could not be written",
+                          self.path) from error
+
+    def _write(self, event: event_pb2.Event) -> None:
+        def write_through() -> None:
+            self._records.write(event.SerializeToString())
+            self._file.flush()
+        self._io(write_through)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        values = []
+        for tag, value in scalars.items():
+            tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                                            float_val=[float(value)])
+            summary_metadata = None
+            if tag not in self._charted:
+                summary_metadata = scalar_metadata.create_summary_metadata(display_name=tag, description="")
+                self._charted.add(tag)
+            values.append(summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=summary_metadata))
+        self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        """The hparams plugin's session start: the run's config constants (numbers, strings, booleans)."""
+        self._write(event_pb2.Event(wall_time=time.time(), step=0, summary=hparams_summary.hparams_pb(dict(hparams))))
+
+    def flush(self) -> None:
+        if not self._failed:
+            self._io(self._file.flush)
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        if self._failed:  # what could not be written is lost either way; the first error was raised already
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            return
+        self._io(self._file.close)
+
+
+class NoEvents:
+    """The writer of a process that writes no workdir files (every process of a multi-process run but one)."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        pass
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def create_writer(workdir: str, primary: bool) -> EventsFile | NoEvents:
+    """The TensorBoard events writer of the workdir for the process that writes the workdir's files; one that
+    drops everything for the others. Nothing is echoed to the console."""
+    return EventsFile(workdir) if primary else NoEvents()
