@@ -239,19 +239,9 @@ def benchmark(argv: Sequence[str] | None = None):
     settings = {name: holder.value for name, holder in holders.items()}
     settings["overrides"] = [arg for arg in argv[2:] if arg.startswith("--config.")]
     if "config" in settings:
-        settings["config_file"] = _flag_text(argv, "config")
+        settings["config_file"] = cli_errors.flag_text(argv, "config")
     logs.import_tensorflow_quietly()
     return benchmark_lib.run(command, **settings)
-
-
-def _flag_text(argv: Sequence[str], name: str) -> str | None:
-    """The text given to --name in argv (as --name=value or --name value)."""
-    for index, arg in enumerate(argv):
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and index + 1 < len(argv):
-            return argv[index + 1]
-    return None
 
 
 def _benchmark_flags(command: str, fv: Flags, argv: Sequence[str]) -> dict:
