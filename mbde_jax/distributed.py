@@ -162,6 +162,14 @@ def initialize(settings: LaunchSettings) -> bool:
     return True
 
 
+def process_index() -> int:
+    """This process's index in the run; 0 before (or without) JAX."""
+    import sys
+
+    jax = sys.modules.get("jax")
+    return jax.process_index() if jax is not None and jax.distributed.is_initialized() else 0
+
+
 def is_multi_process() -> bool:
     import jax
 

@@ -1,7 +1,14 @@
-"""Runs every method x seed of one config, one run after another, each in its own workdir.
+"""Runs every method x seed of one config, each in its own workdir: in one process, or shared out over workers.
 
     mbde-sweep --config configs/paper.py:cifar100,resnet32 --methods mbde,okddip --seeds 0,1,2 \\
-        --workdir workdirs/c100_r32 [--config.<field>=<value> ...] [--dry_run]
+        --workdir workdirs/c100_r32 [--config.<field>=<value> ...] [--dry_run] [--shard i/N] [--status]
+        [--submit slurm --slurm_<resource>=... ]
+
+Shares: the plan's runs (method-major) are dealt round-robin over N workers: run k belongs to worker k mod N, so
+every run belongs to exactly one worker whatever order the workers start in. `--shard i/N` trains worker i's
+share (N shells, one per GPU with CUDA_VISIBLE_DEVICES, or N array tasks); inside a SLURM array job the share
+is the task's (mbde_jax.slurm). `--submit slurm` submits the whole sweep as one array job; `--status` says
+where every run stands (mbde_jax.sweep_status), whoever trains it.
 
 Layout: the run of method M and seed S lives in <workdir>/M/seed_S/ (a normal training workdir: config.json,
 history.json, results.json, checkpoints/, TensorBoard events), so `python -m mbde_jax.report <workdir>` finds
@@ -42,7 +49,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 from absl import logging
 
-from mbde_jax import cli_errors, distributed, lifecycle, logs, methods, workdir as run_files
+from mbde_jax import cli_errors, distributed, lifecycle, logs, methods, slurm, sweep_status, workdir as run_files
 
 # Fields in which a finished run's config.json may differ from the sweep's config and still be skipped as this
 # sweep's run: where the data was read from does not change what was trained.
@@ -51,6 +58,41 @@ IGNORED_FIELDS = ("data_dir",)
 STATUS_FINISHED = "finished"  # results.json of the config's last epoch: skipped
 STATUS_RESUME = "resume"      # a checkpoint but no final results: resumed from the checkpoint
 STATUS_NEW = "new"            # no checkpoint: trained from the start
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Worker `index` of `count`: it trains the runs at positions index, index + count, ... of the plan."""
+
+    index: int = 0
+    count: int = 1
+
+    def owns(self, position: int) -> bool:
+        return position % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """Shard from 'i/N' (0 <= i < N); ValueError naming --shard otherwise."""
+    index, slash, count = text.partition("/")
+    try:
+        shard = Shard(int(index), int(count))
+    except ValueError:
+        shard = None
+    if not slash or shard is None or not 0 <= shard.index < shard.count:
+        raise ValueError(f"--shard={text}: give the worker as i/N with 0 <= i < N, e.g. --shard 0/4 for the "
+                         f"first of 4 workers")
+    return shard
+
+
+def resolve_shard(text: str | None, environ: dict | None = None) -> Shard:
+    """--shard when given; else the SLURM array task's share; else the whole sweep."""
+    if text:
+        return parse_shard(text)
+    task = slurm.array_task(environ)
+    return Shard(*task) if task else Shard()
 
 
 def run_workdir(root: str, method: str, seed: int) -> str:
@@ -225,21 +267,29 @@ def _counting_compilations(run: PlannedRun):
         jax.monitoring.unregister_event_listener(on_event)
 
 
+def _primary_process() -> bool:
+    return distributed.process_index() == 0
+
+
 def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: Sequence[int], root: str, *,
-              train_fn: Callable[[Any, str], dict] | None = None,
-              dry_run: bool = False) -> list[PlannedRun]:
-    """Plans the sweep (see `plan`), then trains every run that is not finished, one after another.
+              train_fn: Callable[[Any, str], dict] | None = None, dry_run: bool = False,
+              shard: Shard = Shard()) -> list[PlannedRun]:
+    """Plans the sweep (see `plan`), then trains every run of `shard` that is not finished, one after another.
 
     Args:
       train_fn: trains one (experiment, workdir); default mbde_jax.training.run_experiment.
       dry_run: only plan and log what would be done.
+      shard: the worker this process is; the whole plan is checked, its share trained.
     Returns:
-      The runs in order, each with its `outcome`. A failed run is logged with its traceback and the others
-      still run; the caller decides what a failure means (the CLI exits with status 1).
+      The share's runs in order, each with its `outcome`. A failed run is logged with its traceback, recorded
+      for the sweep's status (sweep_status.FAILURE_FILE) and the others still run; the caller decides what a
+      failure means (the CLI exits with status 1).
     """
-    runs = plan(config, method_names, seeds, root)
+    everything = plan(config, method_names, seeds, root)
+    runs = [run for position, run in enumerate(everything) if shard.owns(position)]
     todo = sum(run.status != STATUS_FINISHED for run in runs)
-    logging.info("sweep of %d runs under %s (%d to train):\n%s", len(runs), root, todo,
+    share = f", share {shard}: {len(runs)} of its {len(everything)} runs" if shard.count > 1 else ""
+    logging.info("sweep of %d runs under %s%s (%d to train):\n%s", len(everything), root, share, todo,
                  "\n".join(describe(run) for run in runs))
     if dry_run:
         return runs
@@ -247,27 +297,39 @@ def run_sweep(config: ml_collections.ConfigDict, method_names: Sequence[str], se
         from mbde_jax import training  # TensorFlow, tfds and orbax: imported only when something is trained
 
         train_fn = training.run_experiment
-    for index, run in enumerate(runs, 1):
-        if run.status == STATUS_FINISHED:
-            run.outcome = "skipped"
-            continue
-        logging.info("sweep run %d/%d: %s", index, len(runs), describe(run))
-        started = time.time()
-        try:
-            with _counting_compilations(run):
-                train_fn(run.experiment, run.workdir)
-        except lifecycle.TrainingStopped:  # the user asked the whole sweep to stop (SIGTERM/SIGINT)
-            run.outcome = "stopped"
-            raise
-        except Exception as error:  # one diverged or broken run must not lose the rest of a long sweep
-            if distributed.is_peer_failure(error):  # but without its other processes no run can go on
+    # Between runs no training loop listens for signals: this one does, so that a signal there stops the
+    # sweep before its next run (and SLURM's SIGUSR1 still leads to a requeue) instead of killing it.
+    with lifecycle.GracefulStop() as between_runs:
+        for index, run in enumerate(runs, 1):
+            if run.status == STATUS_FINISHED:
+                run.outcome = "skipped"
+                continue
+            if between_runs.requested:
+                raise lifecycle.TrainingStopped(
+                    f"stopped by {between_runs.name} before {run.method} seed {run.seed} started (nothing to "
+                    f"checkpoint).", between_runs.signum)
+            logging.info("sweep run %d/%d: %s", index, len(runs), describe(run))
+            started = time.time()
+            if _primary_process():
+                sweep_status.record_start(run.workdir, str(shard))
+            try:
+                with _counting_compilations(run):
+                    train_fn(run.experiment, run.workdir)
+            except lifecycle.TrainingStopped:  # the user or the scheduler asked the whole sweep to stop
+                run.outcome = "stopped"
                 raise
-            logging.error("sweep run %s seed %d failed:\n%s", run.method, run.seed, traceback.format_exc())
-            run.outcome = f"failed: {type(error).__name__}: {error}"
-        else:
-            run.outcome = "resumed" if run.status == STATUS_RESUME else "trained"
-        run.seconds = time.time() - started
-    logging.info("sweep done:\n%s", "\n".join(describe(run) for run in runs))
+            except Exception as error:  # one diverged or broken run must not lose the rest of a long sweep
+                if distributed.is_peer_failure(error):  # but without its other processes no run can go on
+                    raise
+                logging.error("sweep run %s seed %d failed:\n%s", run.method, run.seed, traceback.format_exc())
+                run.outcome = f"failed: {type(error).__name__}: {' '.join(str(error).split())}"
+                if _primary_process():
+                    sweep_status.record_failure(run.workdir, run.outcome.removeprefix("failed: "))
+            else:
+                run.outcome = "resumed" if run.status == STATUS_RESUME else "trained"
+            run.seconds = time.time() - started
+    logging.info("sweep done%s:\n%s", f" (share {shard})" if shard.count > 1 else "",
+                 "\n".join(describe(run) for run in runs))
     return runs
 
 
@@ -279,23 +341,69 @@ def _parse_seeds(values: Sequence[str]) -> list[int]:
                          ) from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """--submit slurm: the resources of each array task and the sweep's own flags for the tasks to run."""
+
+    resources: slurm.Resources
+    sweep_argv: tuple[str, ...]
+
+
+def _status(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: Sequence[int],
+            root: str) -> None:
+    print(sweep_status.format_status(sweep_status.sweep_status(root, method_names, seeds, config.num_epochs,
+                                                               run_workdir)))
+
+
+def _submit(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: Sequence[int], root: str,
+            dry_run: bool, submission: Submission) -> None:
+    """Checks the whole sweep here, then submits it as one array job (or prints the script with --dry_run)."""
+    runs = plan(config, method_names, seeds, root)
+    resources = submission.resources
+    if not resources.tasks:
+        resources = dataclasses.replace(resources, tasks=len(runs))
+    if resources.tasks > len(runs):
+        raise ValueError(f"--slurm_tasks={resources.tasks}: the sweep has only {len(runs)} runs; give at most "
+                         f"{len(runs)} tasks")
+    script = slurm.sbatch_script(submission.sweep_argv, root, resources)
+    todo = sum(run.status != STATUS_FINISHED for run in runs)
+    if dry_run:
+        print(f"# {len(runs)} runs ({todo} to train) over {resources.tasks} array task(s); not submitted "
+              f"(--dry_run). The script:\n{script}", end="")
+        return
+    job_id = slurm.submit(script, root)
+    print(f"submitted SLURM array job {job_id}: {len(runs)} runs ({todo} to train) over {resources.tasks} "
+          f"task(s); logs {slurm.task_log_path(root, '<task>')}\n"
+          f"where every run stands: the same command with --status instead of --submit; "
+          f"tables and plots when done: mbde-report {root}")
+
+
 def main(config: ml_collections.ConfigDict, method_names: Sequence[str] | None, seeds: Sequence[str] | None,
-         root: str, dry_run: bool, launch: Callable[[], distributed.LaunchSettings]) -> None:
+         root: str, dry_run: bool, launch: Callable[[], distributed.LaunchSettings], *, shard: str | None = None,
+         status: bool = False, submission: Submission | None = None) -> None:
     """The sweep command (mbde_jax.cli.sweep parses the flags): methods and seeds default to the config's."""
     logs.quiet_library_info_logs()
     try:
         # A bad sweep is one line (cli_errors), without the flag listing of a usage error.
         with cli_errors.one_line_errors("mbde_jax.sweep"):
-            distributed.initialize(launch())
             # A flag given empty (--methods=) is an empty list, refused by plan(); only an absent one defaults.
-            runs = run_sweep(config, [config.method] if method_names is None else method_names,
-                             [config.seed] if seeds is None else _parse_seeds(seeds), root, dry_run=dry_run)
+            method_names = [config.method] if method_names is None else method_names
+            seed_values = [config.seed] if seeds is None else _parse_seeds(seeds)
+            if status:
+                return _status(config, method_names, seed_values, root)
+            if submission is not None:
+                return _submit(config, method_names, seed_values, root, dry_run, submission)
+            share = resolve_shard(shard)
+            distributed.initialize(launch())
+            runs = run_sweep(config, method_names, seed_values, root, dry_run=dry_run, shard=share)
     except lifecycle.TrainingStopped as stopped:  # a signal stopped the run in progress after a checkpoint
-        print(f"{stopped}\nThe sweep stopped there; run the same sweep command again to continue.",
-              file=sys.stderr)
+        requeued = slurm.requeue_after_stop(stopped.signum)
+        print(f"{stopped}\n{requeued or 'The sweep stopped there; run the same sweep command again to continue.'}",
+              file=sys.stderr, flush=True)
         sys.exit(stopped.exit_code)
     failed = [run for run in runs if run.outcome and run.outcome.startswith("failed")]
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed:\n" + "\n".join(describe(run) for run in failed))
     if not dry_run:
-        print(f"all {len(runs)} runs finished; tables and plots: mbde-report {root}")
+        whose = f"share {share}: " if share.count > 1 else ""
+        print(f"{whose}all {len(runs)} runs finished; tables and plots: mbde-report {root}")

@@ -6,6 +6,7 @@
                        ramp weight, the epoch's train means; rewritten from the history at each evaluation and
                        at each resume, so it never repeats or keeps a row the checkpointed history does not have
   results.json         written when the run finishes: the final epoch (the headline) and the best, labelled
+  progress.json        the step the trainer has reached (rewritten with each progress line), for the sweep's status
   config_history.json  every config replaced by a resume with --allow_config_change, and at which step
 
 Pure Python (json and os only), so the sweep's planning and the report read workdirs without JAX. Writes are
@@ -28,6 +29,7 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 RESULTS_FILE = "results.json"
 CONFIG_HISTORY_FILE = "config_history.json"
+PROGRESS_FILE = "progress.json"
 METRICS_CSV_FILE = "metrics.csv"
 # Train means that are config constants, not measurements: config.json has them.
 _CONSTANT_TRAIN_MEANS = ("kd_weight", "cd_weight", "learning_rate", "ramp_weight")
@@ -144,6 +146,11 @@ def write_metrics_csv(workdir: str, history: list) -> None:
     writer.writerow(columns)
     writer.writerows(rows)
     _write_atomically(os.path.join(workdir, METRICS_CSV_FILE), text.getvalue())
+
+
+def write_progress(workdir: str, step: int, total_steps: int) -> None:
+    _write_json(os.path.join(workdir, PROGRESS_FILE), {"step": step, "total_steps": total_steps,
+                                                       "time": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
 def write_results(workdir: str, results: dict) -> None:

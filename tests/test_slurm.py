@@ -1,0 +1,261 @@
+"""The sweep and train.py under a real SLURM (the single-node cluster `.ci/slurm start` runs; CI starts it).
+
+No mocked sbatch: the commands are the README's SLURM recipes (python3 is this interpreter, paths are the
+test's), on the bundled digits with a tiny config. What is shown:
+  * a 2 methods x 2 seeds sweep submitted as an array job (parallelism 2) trains every run exactly once and
+    gives the sequential sweep's results and report; one task of it, signalled with SLURM's time-limit warning
+    (SIGUSR1) mid-run, checkpoints, is requeued and resumes to the uninterrupted run's numbers, bit for bit;
+    --status says running, stopped (requeued) and done along the way;
+  * a task whose run fails for good shows in --status as failed with its log, and the other run is intact;
+  * `srun -n 2 train.py` equals the 1-process run; scancel of the sbatch script stops both processes with a
+    checkpoint, and submitting it again resumes to the uninterrupted 2-process run's numbers.
+Outside CI, without a running SLURM, these tests skip with the line that says how to start one; in CI (CI=true)
+a missing SLURM fails them.
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+START_HINT = "start a local SLURM with: bash .ci/slurm install && bash .ci/slurm start (as root)"
+# The tiny run every test trains: configs/test.py on digits, one epoch of 180 steps of batch 8.
+CONFIG_ARGS = ["--config", str(ROOT / "configs" / "test.py"), "--config.dataset=digits", "--config.num_epochs=1",
+               "--config.lr_boundaries_epochs=()", "--config.rampup_epochs=1"]
+# Two processes over gloo take a collective per step: the same run in 45 steps of batch 32.
+SRUN_CONFIG_ARGS = [*CONFIG_ARGS, "--config.batch_size=32", "--config.eval_batch_size=64"]
+METHODS, SEEDS = "mbde,dml", "0,1"
+JOB_TIMEOUT_S = 420
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Skips (outside CI) or fails (in CI) unless a SLURM controller answers."""
+    answered = shutil.which("sinfo") and subprocess.run(
+        ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30).stdout.strip()
+    if not answered:
+        message = f"no SLURM controller answers here; {START_HINT}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The environment of every command: digits prepared once in a data directory of the module's own (so
+    that tasks starting together never build it at once), the test suite's compilation cache, and JAX left to
+    split the host's CPU into devices as a user's run does."""
+    data_dir = tmp_path_factory.mktemp("slurm_data")
+    environ = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
+    # The tasks find this interpreter's python3 and mbde-train first, as in an activated environment.
+    environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), environ.get("PATH", "")])
+    subprocess.run([sys.executable, "-m", "mbde_jax.data", "prepare", "digits", "--data_dir", str(data_dir)],
+                   check=True, capture_output=True, env=environ, timeout=300)
+    environ["TFDS_DATA_DIR"] = str(data_dir)
+    return environ
+
+
+def _run(args, env, cwd=ROOT, check=True, timeout=JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
+                            timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _sweep_args(root, *extra, methods=METHODS, seeds=SEEDS):
+    return [sys.executable, "-m", "mbde_jax.sweep", *CONFIG_ARGS, "--methods", methods, "--seeds", seeds,
+            "--workdir", root, *extra]
+
+
+def _job_id(output: str) -> str:
+    found = re.search(r"(?:array job|Submitted batch job) (\d+)", output)
+    assert found, output
+    return found.group(1)
+
+
+def _job_field(job: str, field: str) -> str:
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    return dict(item.split("=", 1) for item in shown.split() if "=" in item).get(field, "")
+
+
+def _wait_until(condition, timeout_s=JOB_TIMEOUT_S, what="the condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _wait_for_job(job: str) -> None:
+    """Until no task of the job is pending or running (squeue every 0.5 s: sbatch --wait lags by tens of s)."""
+    _wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True
+                                           ).stdout.strip(), what=f"SLURM job {job}")
+
+
+def _signal_batch(job: str, signal_name: str, log, env) -> None:
+    """`scancel --signal --batch`, until the task's log shows the signal arrived. scancel of a running array
+    task can retry for minutes ("Job can not be altered now, try again later") after delivering the signal, and
+    deliver it again: it runs in the background and is stopped once the signal has arrived."""
+    sender = subprocess.Popen(["scancel", f"--signal={signal_name}", "--batch", job], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_until(lambda: f"SIG{signal_name} received" in _text(log), timeout_s=60,
+                    what=f"{job} to receive SIG{signal_name}")
+    finally:
+        sender.kill()
+        sender.wait()
+
+
+def _text(path) -> str:
+    return pathlib.Path(path).read_text() if pathlib.Path(path).exists() else ""
+
+
+def _history(workdir) -> list:
+    return json.loads((pathlib.Path(workdir) / "history.json").read_text())
+
+
+def _without_provenance(entry: dict) -> dict:
+    return {key: value for key, value in entry.items() if key != "provenance"}
+
+
+def _comparable_results(workdir) -> dict:
+    """results.json without what differs between equal runs: timings and provenance."""
+    results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
+    results = {key: value for key, value in results.items()
+               if key != "provenance" and not key.startswith("train_seconds") and key != "train_images_per_second"}
+    return dict(results, final=_without_provenance(results["final"]), best=_without_provenance(results["best"]))
+
+
+def _comparable_history(workdir) -> list:
+    return [_without_provenance(entry) for entry in _history(workdir)]
+
+
+def _report(root, out, env) -> dict:
+    _run([sys.executable, "-m", "mbde_jax.report", root, "--out", out], env)
+    return {name: (pathlib.Path(out) / name).read_text().replace(str(root), "<root>")
+            for name in ("results.csv", "results.md")}
+
+
+@pytest.fixture(scope="module")
+def sequential_sweep(cluster, env, tmp_path_factory):
+    """The sweep of 2 methods x 2 seeds trained one run after another in one process: the reference."""
+    root = tmp_path_factory.mktemp("sequential")
+    _run(_sweep_args(root), env)
+    return root
+
+
+def test_an_array_sweep_equals_the_sequential_one_and_a_signalled_task_resumes_exactly(
+        sequential_sweep, env, tmp_path):
+    root = tmp_path / "array"
+    status_args = _sweep_args(root, "--status")
+    assert _run(status_args, env).stdout.strip().splitlines()[-1] == "4 runs: 4 not started"
+
+    submitted = _run(_sweep_args(root, "--submit", "slurm", "--slurm_array_parallelism", "2"), env)
+    job = _job_id(submitted.stdout)
+    script = (root / "slurm" / "sweep.sbatch").read_text()
+    assert "#SBATCH --array=0-3%2" in script and "#SBATCH --signal=B:USR1@300" in script
+    exec_line = script.strip().splitlines()[-1]
+    assert exec_line.startswith(f"exec {sys.executable} -m mbde_jax.sweep --config ")
+    assert "--submit" not in exec_line and "--slurm_array_parallelism" not in exec_line
+
+    # Task 0 (mbde seed 0) gets SLURM's time-limit warning once it trains; task 1 (mbde seed 1) runs meanwhile.
+    log_0, log_1 = root / "slurm" / "task_0.log", root / "slurm" / "task_1.log"
+    _wait_until(lambda: "first step done" in _text(log_0), what="task 0's first step")
+    _signal_batch(f"{job}_0", "USR1", log_0, env)
+    _wait_until(lambda: "first step done" in _text(log_1), what="task 1's first step")
+    running = _run(status_args, env).stdout
+    assert re.search(r"mbde +seed 1 +running +step \d+ of 180 .*shard 1/4.*RUNNING.*log: " + re.escape(str(log_1)),
+                     running), running
+    _wait_until(lambda: _job_field(f"{job}_0", "Restarts") == "1" and
+                _job_field(f"{job}_0", "JobState") == "PENDING", what="task 0 to be requeued")
+    stopped = _run(status_args, env).stdout
+    assert re.search(r"mbde +seed 0 +stopped +at step \d+; the same sweep resumes it; SLURM job \S+ PENDING",
+                     stopped), stopped
+    # SLURM holds a requeued job for two minutes; the test lets it go now.
+    _run(["scontrol", "update", f"jobid={job}_0", "StartTime=now"], env)
+    _wait_for_job(job)
+
+    for task in range(4):
+        assert _job_field(f"{job}_{task}", "JobState") == "COMPLETED", (task, _text(root / "slurm" / f"task_{task}.log"))
+    logs = {task: _text(root / "slurm" / f"task_{task}.log") for task in range(4)}
+    stop_line = re.search(r"stopped by SIGUSR1 at step (\d+) of 180 .*checkpoint saved", logs[0])
+    assert stop_line, logs[0]
+    assert f"requeued SLURM job {job}_0: it resumes from this checkpoint" in logs[0]
+    assert f"resumed from step {stop_line.group(1)}" in logs[0]
+    # Every run finished exactly once, in the task its share gives it (method-major order, round robin).
+    owners = {("mbde", 0): 0, ("mbde", 1): 1, ("dml", 0): 2, ("dml", 1): 3}
+    for (method, seed), task in owners.items():
+        finished = [t for t, text in logs.items() if re.search(rf"{method} +seed {seed} +(trained|resumed) ", text)]
+        assert finished == [task], (method, seed, finished)
+        workdir = f"{method}/seed_{seed}"
+        assert json.loads((root / workdir / "sweep_worker.json").read_text())["shard"] == f"{task}/4"
+        assert _comparable_history(root / workdir) == _comparable_history(sequential_sweep / workdir), workdir
+        assert _comparable_results(root / workdir) == _comparable_results(sequential_sweep / workdir), workdir
+    assert _run(status_args, env).stdout.strip().splitlines()[-1] == "4 runs: 4 done"
+    assert _report(root, tmp_path / "report_array", env) == _report(sequential_sweep, tmp_path / "report_seq", env)
+
+
+def test_a_task_that_fails_for_good_shows_in_the_status_with_its_log(cluster, env, tmp_path):
+    root = tmp_path / "failing"
+    # Seed 1's workdir cannot hold checkpoints: a file stands where its checkpoints/ directory goes.
+    (root / "mbde" / "seed_1").mkdir(parents=True)
+    (root / "mbde" / "seed_1" / "checkpoints").write_text("not a directory")
+    submitted = _run(_sweep_args(root, "--submit", "slurm", methods="mbde"), env)
+    job = _job_id(submitted.stdout)
+    _wait_for_job(job)
+    assert _job_field(f"{job}_0", "JobState") == "COMPLETED"
+    assert _job_field(f"{job}_1", "JobState") == "FAILED"
+    status = _run(_sweep_args(root, "--status", methods="mbde"), env).stdout
+    log_1 = root / "slurm" / "task_1.log"
+    assert re.search(r"mbde +seed 0 +done +180 steps", status), status
+    failed = re.search(r"mbde +seed 1 +failed +(.*)  log: (\S+)", status)
+    assert failed and failed.group(2) == str(log_1), status
+    assert "checkpoints" in failed.group(1), status
+    assert "Traceback" in _text(log_1) and "1 run(s) failed" in _text(log_1)
+    assert status.strip().splitlines()[-1] == "2 runs: 1 done, 1 failed"
+    assert json.loads((root / "mbde" / "seed_0" / "results.json").read_text())["final"]["epoch"] == 1
+
+
+def test_srun_two_processes_equal_one_and_a_cancelled_batch_job_resumes(cluster, env, tmp_path):
+    train = [sys.executable, "train.py", *SRUN_CONFIG_ARGS]
+    _run([*train, "--workdir", tmp_path / "one_process"], env)
+    # Two processes of one device each: the one process's two-device mesh, over gloo.
+    _run(["srun", "-n", "2", *train, "--config.cpu_devices=1", "--workdir", tmp_path / "srun"], env)
+    one, two = _history(tmp_path / "one_process"), _history(tmp_path / "srun")
+    assert len(one) == len(two) == 1
+    for part in ("metrics", "train"):
+        assert one[0][part].keys() == two[0][part].keys()
+        for name, value in one[0][part].items():
+            if isinstance(value, str):
+                assert two[0][part][name] == value, name
+            else:
+                np.testing.assert_allclose(two[0][part][name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert json.loads((tmp_path / "srun" / "results.json").read_text())["provenance"]["process_count"] == 2
+
+    # The README's batch script: scancel stops both processes with a checkpoint; submitting again resumes.
+    batch = ["sbatch", "--ntasks=2", f"--output={tmp_path / 'batch.log'}", "slurm/train.sbatch", *SRUN_CONFIG_ARGS,
+             "--config.cpu_devices=1", "--workdir", tmp_path / "batch"]
+    job = _job_id(_run(batch, env).stdout)
+    _wait_until(lambda: _text(tmp_path / "batch.log").count("first step done") == 2, what="both processes' first step")
+    _run(["scancel", job], env)
+    _wait_for_job(job)
+    log = _text(tmp_path / "batch.log")
+    stops = re.findall(r"stopped by SIGTERM \(received by process [01, ]+\) at step (\d+) of 45", log)
+    assert len(stops) == 2 and stops[0] == stops[1], log[-4000:]
+    assert (tmp_path / "batch" / "checkpoints" / stops[0]).is_dir()
+    job = _job_id(_run(batch, env).stdout)
+    _wait_for_job(job)
+    assert _job_field(job, "JobState") == "COMPLETED", _text(tmp_path / "batch.log")[-4000:]
+    assert _text(tmp_path / "batch.log").count(f"resumed from step {stops[0]}") == 2
+    assert _comparable_history(tmp_path / "batch") == _comparable_history(tmp_path / "srun")
