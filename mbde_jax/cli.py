@@ -108,43 +108,118 @@ def train(argv: Sequence[str] | None = None) -> None:
 
             training.train_and_evaluate(config.value, workdir.value, allow_config_change=allow.value)
     except lifecycle.TrainingStopped as stopped:
-        print(stopped, file=sys.stderr)
+        from mbde_jax import slurm  # pylint: disable=import-outside-toplevel
+
+        print(stopped, file=sys.stderr, flush=True)
+        requeued = slurm.requeue_after_stop(stopped.signum)  # SLURM's time-limit warning: back in the queue
+        if requeued:
+            print(requeued, file=sys.stderr, flush=True)
         sys.exit(stopped.exit_code)
 
 
 def sweep(argv: Sequence[str] | None = None) -> None:
     """usage: mbde-sweep --config FILE --workdir ROOT [--methods a,b] [--seeds 0,1,2] [--config.<field>=...]
+                      [--shard i/N | --submit slurm [--slurm_<resource>=...] | --status] [--dry_run]
 
-    Runs every method x seed of one config, each run in <workdir>/<method>/seed_<seed>.
+    Runs every method x seed of one config, each run in <workdir>/<method>/seed_<seed>; --shard trains one
+    worker's share, --submit slurm submits the whole sweep as one array job, --status says where each run stands.
     """
     tool, argv = "mbde_jax.sweep", list(argv or sys.argv)
 
     def define(fv):
-        return (_config_flag(fv, argv),
-                flags.DEFINE_list("methods", None, "Methods to run, comma separated (default: config.method); "
-                                  "see the README's method table.", flag_values=fv),
-                flags.DEFINE_list("seeds", None, "Seeds to run, comma separated (default: config.seed).",
-                                  flag_values=fv),
-                flags.DEFINE_string("workdir", None, "Root of the sweep: run M, seed S goes to <workdir>/M/seed_S.",
+        holders = dict(
+            config=_config_flag(fv, argv),
+            methods=flags.DEFINE_list("methods", None, "Methods to run, comma separated (default: config.method); "
+                                      "see the README's method table.", flag_values=fv),
+            seeds=flags.DEFINE_list("seeds", None, "Seeds to run, comma separated (default: config.seed).",
                                     flag_values=fv),
-                flags.DEFINE_bool("dry_run", False, "Only check the sweep and print what it would do.",
-                                  flag_values=fv),
-                distributed.define_flags(fv),  # every process of a multi-process sweep runs the same command
-                fv)
+            workdir=flags.DEFINE_string("workdir", None, "Root of the sweep: run M, seed S goes to "
+                                        "<workdir>/M/seed_S.", flag_values=fv),
+            dry_run=flags.DEFINE_bool("dry_run", False, "Only check the sweep and print what it would do (with "
+                                      "--submit: the sbatch script, not submitted).", flag_values=fv),
+            shard=flags.DEFINE_string("shard", None, "i/N: train only worker i's share of N (run k of the plan "
+                                      "belongs to worker k mod N). Default: the SLURM array task's share inside "
+                                      "an array job, else every run.", flag_values=fv),
+            status=flags.DEFINE_bool("status", False, "Print where every run of the sweep stands (done, running, "
+                                     "failed, stopped, not started) and train nothing.", flag_values=fv),
+            submit=flags.DEFINE_enum("submit", None, ["slurm"], "Submit the whole sweep as one SLURM array job "
+                                     "(see --slurm_*) instead of training here.", flag_values=fv),
+            launch=distributed.define_flags(fv))  # every process of a multi-process sweep runs the same command
+        holders.update(_slurm_flags(fv))
+        return holders, fv
 
     def define_required(fv):
         defined = define(fv)
         flags.mark_flag_as_required("workdir", fv)
         return defined
 
-    (config, methods, seeds, workdir, dry_run, launch, fv), positional = _parse(
-        tool, sweep.__doc__, argv, define_required)
+    (holders, fv), positional = _parse(tool, sweep.__doc__, argv, define_required)
     _no_positional(tool, positional)
-    logs.import_tensorflow_quietly()
+    if not holders["status"].value:  # the status reads files only: it answers at once on a login node
+        logs.import_tensorflow_quietly()
     from mbde_jax import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
 
-    sweep_lib.main(config.value, methods.value if fv["methods"].present else None,
-                   seeds.value if fv["seeds"].present else None, workdir.value, dry_run.value, launch)
+    value = {name: holder.value for name, holder in holders.items() if name != "launch"}
+    submission = None
+    if value["submit"] == "slurm":
+        from mbde_jax import slurm  # pylint: disable=import-outside-toplevel
+
+        resources = slurm.Resources(
+            tasks=value["slurm_tasks"], partition=value["slurm_partition"], time=value["slurm_time"],
+            gpus_per_task=value["slurm_gpus_per_task"], cpus_per_task=value["slurm_cpus_per_task"],
+            mem=value["slurm_mem"], array_parallelism=value["slurm_array_parallelism"],
+            signal_seconds=value["slurm_signal_seconds"], job_name=value["slurm_job_name"],
+            extra=tuple(value["slurm_option"] or ()), setup=value["slurm_setup"])
+        submission = sweep_lib.Submission(resources, tuple(_task_argv(argv[1:], fv)))
+    sweep_lib.main(value["config"], value["methods"] if fv["methods"].present else None,
+                   value["seeds"] if fv["seeds"].present else None, value["workdir"], value["dry_run"],
+                   holders["launch"], shard=value["shard"], status=value["status"], submission=submission)
+
+
+# The sweep's flags that only the submitting command reads: the array tasks run the sweep without them.
+_SUBMISSION_ONLY_FLAGS = ("submit", "dry_run", "shard", "status")
+
+
+def _task_argv(args: Sequence[str], fv: Flags) -> list[str]:
+    """`args` without the submission's own flags (--submit, --slurm_*, --dry_run, --shard, --status)."""
+    kept, skip_value = [], False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            continue
+        name = arg.lstrip("-").split("=", 1)[0] if arg.startswith("--") else None
+        base = name[2:] if name and name.startswith("no") and name[2:] in fv and fv[name[2:]].boolean else name
+        if base and base in fv and (base in _SUBMISSION_ONLY_FLAGS or base.startswith("slurm_")):
+            skip_value = "=" not in arg and not fv[base].boolean
+            continue
+        kept.append(arg)
+    return kept
+
+
+def _slurm_flags(fv: Flags) -> dict:
+    """The resources each array task of `--submit slurm` asks for; unset ones are the cluster's defaults."""
+    return dict(
+        slurm_tasks=flags.DEFINE_integer("slurm_tasks", 0, "Array tasks (default: one per run of the sweep); "
+                                         "fewer tasks each train several runs one after another.", flag_values=fv),
+        slurm_array_parallelism=flags.DEFINE_integer("slurm_array_parallelism", 0, "At most this many tasks at "
+                                                     "once (0: no limit).", flag_values=fv),
+        slurm_partition=flags.DEFINE_string("slurm_partition", None, "sbatch --partition.", flag_values=fv),
+        slurm_time=flags.DEFINE_string("slurm_time", None, "sbatch --time per task, e.g. 1-00:00:00; a task that "
+                                       "reaches it checkpoints and is requeued.", flag_values=fv),
+        slurm_gpus_per_task=flags.DEFINE_integer("slurm_gpus_per_task", 0, "sbatch --gpus-per-task.",
+                                                 flag_values=fv),
+        slurm_cpus_per_task=flags.DEFINE_integer("slurm_cpus_per_task", None, "sbatch --cpus-per-task.",
+                                                 flag_values=fv),
+        slurm_mem=flags.DEFINE_string("slurm_mem", None, "sbatch --mem per task, e.g. 32G.", flag_values=fv),
+        slurm_signal_seconds=flags.DEFINE_integer("slurm_signal_seconds", 300, "SIGUSR1 this many seconds "
+                                                  "before the time limit: checkpoint, then requeue.",
+                                                  flag_values=fv),
+        slurm_job_name=flags.DEFINE_string("slurm_job_name", "mbde-sweep", "sbatch --job-name.", flag_values=fv),
+        slurm_option=flags.DEFINE_multi_string("slurm_option", None, "A further sbatch option as on its command "
+                                               "line, e.g. --slurm_option=--account=abc (repeatable).",
+                                               flag_values=fv),
+        slurm_setup=flags.DEFINE_string("slurm_setup", None, "Shell commands each task runs first, e.g. "
+                                        "'module load cuda/12.4'.", flag_values=fv))
 
 
 def _workdir_tool(tool: str, doc: str, argv, extra: Callable[[Flags], dict]) -> dict:

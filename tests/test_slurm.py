@@ -259,3 +259,86 @@ def test_srun_two_processes_equal_one_and_a_cancelled_batch_job_resumes(cluster,
     assert _job_field(job, "JobState") == "COMPLETED", _text(tmp_path / "batch.log")[-4000:]
     assert _text(tmp_path / "batch.log").count(f"resumed from step {stops[0]}") == 2
     assert _comparable_history(tmp_path / "batch") == _comparable_history(tmp_path / "srun")
+
+
+# What needs no cluster: the shares, the environment they come from, the tasks' command line, the script.
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7])
+def test_every_run_of_a_plan_belongs_to_exactly_one_share(count):
+    from mbde_jax import sweep
+
+    owners = [[index for index in range(count) if sweep.Shard(index, count).owns(position)] for position in range(10)]
+    assert owners == [[position % count] for position in range(10)]
+
+
+@pytest.mark.parametrize("text", ["2/2", "-1/3", "a/2", "1", "1/0", ""])
+def test_a_bad_shard_is_refused_naming_the_flag(text):
+    from mbde_jax import sweep
+
+    with pytest.raises(ValueError, match="--shard"):
+        sweep.parse_shard(text)
+
+
+def test_the_share_comes_from_the_flag_then_the_array_task():
+    from mbde_jax import slurm, sweep
+
+    array = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "3",
+             "SLURM_ARRAY_JOB_ID": "77"}
+    assert sweep.resolve_shard(None, array) == sweep.Shard(1, 3)
+    assert sweep.resolve_shard("0/2", array) == sweep.Shard(0, 2)
+    assert sweep.resolve_shard(None, {"SLURM_JOB_ID": "9"}) == sweep.Shard(0, 1)
+    assert slurm.this_job(array) == "77_5" and slurm.this_job({"SLURM_JOB_ID": "9"}) == "9"
+    with pytest.raises(slurm.SlurmError, match="--shard"):
+        slurm.array_task(dict(array, SLURM_ARRAY_TASK_ID="9"))
+
+
+def test_the_tasks_run_the_sweep_without_the_submission_flags():
+    from absl import flags
+
+    from mbde_jax import cli
+
+    fv = flags.FlagValues()
+    flags.DEFINE_bool("dry_run", False, "", flag_values=fv)
+    flags.DEFINE_bool("status", False, "", flag_values=fv)
+    flags.DEFINE_string("shard", None, "", flag_values=fv)
+    flags.DEFINE_enum("submit", None, ["slurm"], "", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "", flag_values=fv)
+    flags.DEFINE_integer("slurm_array_parallelism", 0, "", flag_values=fv)
+    flags.DEFINE_string("slurm_time", None, "", flag_values=fv)
+    args = ["--config", "c.py:a,b", "--config.seed=3", "--submit", "slurm", "--slurm_time=1:00:00",
+            "--slurm_array_parallelism", "2", "--nodry_run", "--dry_run", "--shard=0/2", "--workdir", "w"]
+    assert cli._task_argv(args, fv) == ["--config", "c.py:a,b", "--config.seed=3", "--workdir", "w"]
+
+
+def test_the_array_script_asks_for_the_resources_the_signal_and_a_log_per_task(tmp_path):
+    from mbde_jax import slurm
+
+    resources = slurm.Resources(tasks=6, partition="gpu", time="1-00:00:00", gpus_per_task=1, cpus_per_task=8,
+                                mem="32G", array_parallelism=3, signal_seconds=120, extra=("--account=lab",),
+                                setup="module load cuda/12.4")
+    script = slurm.sbatch_script(["--config", "configs/paper.py:cifar100,resnet32", "--workdir", "w 1"],
+                                 str(tmp_path / "root"), resources, workdir="/home/me", python="/venv/bin/python3")
+    lines = script.splitlines()
+    for expected in ("#SBATCH --array=0-5%3", f"#SBATCH --output={tmp_path}/root/slurm/task_%a.log",
+                     "#SBATCH --open-mode=append", "#SBATCH --chdir=/home/me", "#SBATCH --requeue",
+                     "#SBATCH --signal=B:USR1@120", "#SBATCH --partition=gpu", "#SBATCH --time=1-00:00:00",
+                     "#SBATCH --gpus-per-task=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32G",
+                     "#SBATCH --account=lab", "module load cuda/12.4"):
+        assert expected in lines, expected
+    assert lines[-1] == ("exec /venv/bin/python3 -m mbde_jax.sweep --config configs/paper.py:cifar100,resnet32 "
+                         "--workdir 'w 1'")
+    assert lines[-2] == f'export MBDE_SWEEP_LOG={tmp_path}/root/slurm/task_"${{SLURM_ARRAY_TASK_ID}}.log"'
+    # The directives come before the first command, or sbatch ignores them.
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    assert all(i < first_command for i, line in enumerate(lines) if line.startswith("#SBATCH"))
+
+
+def test_only_the_time_limit_warning_of_a_slurm_job_requeues():
+    import signal
+
+    from mbde_jax import slurm
+
+    job = {"SLURM_JOB_ID": "9", "SLURM_PROCID": "0"}
+    assert slurm.requeue_after_stop(signal.SIGTERM, job) is None
+    assert slurm.requeue_after_stop(signal.SIGUSR1, {}) is None
+    assert slurm.requeue_after_stop(signal.SIGUSR1, dict(job, SLURM_PROCID="1")) is None
