@@ -34,8 +34,9 @@ STATE_LAYOUT = 2
 TMP_PATTERN = "*.orbax-checkpoint-tmp*"
 
 
-# How long a closing event loop waits for the reads and writes it started (local file operations: milliseconds).
-_PENDING_TASKS_TIMEOUT_SECONDS = 60.0
+# How long a closing event loop waits for the reads and writes it started (local file operations: milliseconds;
+# bounded so that a task that never ends cannot hold up the exit, e.g. past SLURM's KillWait after a signal).
+_PENDING_TASKS_TIMEOUT_SECONDS = 10.0
 
 
 class _LoopClosedAfterItsTasks(asyncio.SelectorEventLoop):

@@ -10,8 +10,10 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+from typing import Callable
 
 from absl import logging
 
@@ -103,6 +105,8 @@ class GracefulStop:
     def __init__(self):
         self.signum: int | None = None
         self._previous = {}
+        # Set by the training loop once it runs: where the next run resumes, for the second signal's line.
+        self.resumes_from: Callable[[], str] | None = None
 
     @property
     def requested(self) -> bool:
@@ -114,6 +118,11 @@ class GracefulStop:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # the second signal: the default action, now
+            # One line first: the first signal's line promised a checkpoint, which this one leaves incomplete.
+            where = (self.resumes_from() if self.resumes_from
+                     else "the next run resumes from its latest complete checkpoint")
+            print(f"stopped at once by a second {signal.Signals(signum).name}, before the checkpoint this run was "
+                  f"stopping for was complete; {where}.", file=sys.stderr, flush=True)
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return

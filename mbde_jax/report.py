@@ -18,9 +18,11 @@ writes into --out (default <path>/report when one path is given):
 
 A run is left out, and named with the reason in results.md, when it is incomplete (no results.json, or its final
 epoch is not the config's num_epochs), when one of its JSON files cannot be read, when its config differs from
-that of the runs the report uses (fields other than method, seed and data_dir), when it was made with other
+that of the runs the report uses in a field that shapes the result (any but method, seed and the bookkeeping
+fields, mbde_jax.runs.BOOKKEEPING_FIELDS: data_dir, checkpoint and logging intervals), when it was made with other
 jax/jaxlib/flax versions than the others, or when it repeats a method and seed already counted (mbde_jax.runs).
-Nothing is averaged in silently.
+A used run whose bookkeeping fields differ from the others' has the differences listed beside it. Nothing is
+averaged in silently.
 
 The notebook-friendly pieces: load_runs, summarize, plot_accuracy, plot_diversity, plot_attention,
 plot_schedule (each returns a matplotlib Figure; they live in mbde_jax.report_plots) and write_report.
@@ -161,8 +163,10 @@ def results_markdown(runs: Sequence[Run], plots: Sequence[str] = ()) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{os.path.splitext(name)[0]}]({name})" for name in plots] + [""]
     lines += ["## Runs used", ""]
-    lines += [f"- {run.method} seed {run.seed}: `{run.workdir}`" for run in sorted(
-        used, key=lambda run: (method_order(run.method), run.seed))]
+    lines += [f"- {run.method} seed {run.seed}: `{run.workdir}`" + (
+        f" (differs only in fields that cannot change its numbers: {run.bookkeeping_differences})"
+        if run.bookkeeping_differences else "") for run in sorted(used, key=lambda run: (method_order(run.method),
+                                                                                          run.seed))]
     left_out = [run for run in runs if run.left_out is not None]
     lines += ["", "## Runs left out", ""]
     lines += [f"- `{run.workdir}` ({run.method} seed {run.seed}): {run.left_out}" for run in left_out] or ["None."]

@@ -1,9 +1,10 @@
 """The runs a report compares: finding workdirs, reading them, and leaving out what must not be averaged.
 
 A run is left out, with the reason, when it is incomplete, when its config differs from that of the runs the
-report uses (fields other than method, seed and data_dir), when it was made with other jax/jaxlib/flax versions
-than the others (or resumed across versions), when one of its JSON files cannot be read, or when it repeats a
-method and seed already counted. Nothing is averaged in silently.
+report uses in a field that shapes the result (any but method, seed and BOOKKEEPING_FIELDS), when it was made
+with other jax/jaxlib/flax versions than the others (or resumed across versions), when one of its JSON files
+cannot be read, or when it repeats a method and seed already counted. A run that differs only in bookkeeping
+fields is used, and its differences are listed (Run.bookkeeping_differences). Nothing is averaged in silently.
 """
 
 from __future__ import annotations
@@ -17,8 +18,17 @@ from typing import Sequence
 from mbde_jax import provenance, workdir as run_files
 from mbde_jax.methods import METHODS
 
-# Config fields that may differ between runs of one comparison.
-PER_RUN_FIELDS = ("method", "seed", "data_dir")
+# Config fields that vary between the runs of one comparison.
+PER_RUN_FIELDS = ("method", "seed")
+# Config fields that cannot change a run's numbers: where the data is read from and whether it may be downloaded,
+# how often checkpoints are written and how many are kept (a resumed run repeats the uninterrupted one bit for
+# bit), how often the train metrics are written (the epoch means sum the same steps in the same order) and the
+# console's progress lines. The one list of them: the report groups runs on every other field, and a finished
+# run rerun with other values of these is still finished (finished_results). Not here: the fields that choose how
+# a computation runs (cpu_devices, branch_execution, seed_execution, input_on_device, eval_batch_size), which
+# may change the last bits of a result.
+BOOKKEEPING_FIELDS = ("data_dir", "download", "checkpoint_every_epochs", "checkpoint_every_steps",
+                      "checkpoint_every_minutes", "keep_checkpoints", "log_every_steps", "log_every_seconds")
 
 
 @dataclasses.dataclass
@@ -29,6 +39,8 @@ class Run:
       config: config.json. history: history.json (one entry per evaluation; [] when absent).
       results: results.json, or None when the run has not finished.
       left_out: why the report does not use it; None when it is used.
+      bookkeeping_differences: how a used run's BOOKKEEPING_FIELDS differ from the values most runs have;
+        None if they do not.
     """
 
     workdir: str
@@ -36,6 +48,7 @@ class Run:
     history: list
     results: dict | None
     left_out: str | None = None
+    bookkeeping_differences: str | None = None
 
     @property
     def method(self) -> str:
@@ -110,14 +123,37 @@ def _incomplete(run: Run) -> str | None:
     return None
 
 
+def finished_results(workdir: str, config: dict) -> dict | None:
+    """results.json's content when the run in `workdir` has finished what `config` (JSON values) asks for: its
+    results are of the config's last epoch and its config.json differs from `config` in BOOKKEEPING_FIELDS at
+    most. None otherwise (not finished, another config, or a file that cannot be read)."""
+    try:
+        results = run_files.read_if_present(workdir, run_files.RESULTS_FILE)
+        saved = run_files.read_if_present(workdir, run_files.CONFIG_FILE)
+    except run_files.UnreadableRunFile:
+        return None
+    if not results or saved is None or results.get("final", {}).get("epoch") != config["num_epochs"]:
+        return None
+    return None if run_files.config_differences(saved, config, ignored=BOOKKEEPING_FIELDS) else results
+
+
 def _shared_config(config: dict) -> str:
-    return json.dumps({k: v for k, v in config.items() if k not in PER_RUN_FIELDS}, sort_keys=True)
+    return json.dumps({k: v for k, v in config.items() if k not in PER_RUN_FIELDS + BOOKKEEPING_FIELDS},
+                      sort_keys=True)
 
 
-def _config_difference(config: dict, reference: dict) -> str:
-    names = sorted((set(config) | set(reference)) - set(PER_RUN_FIELDS))
+def _config_difference(config: dict, reference: dict, names: Sequence[str]) -> str:
     return ", ".join(f"{name} {config.get(name, '<absent>')!r} (the others: {reference.get(name, '<absent>')!r})"
-                     for name in names if config.get(name, "<absent>") != reference.get(name, "<absent>"))
+                     for name in sorted(names) if config.get(name, "<absent>") != reference.get(name, "<absent>"))
+
+
+def _usual_values(configs: Sequence[dict], names: Sequence[str]) -> dict:
+    """{name: the value most of `configs` have (the first found on a tie)}."""
+    usual = {}
+    for name in names:
+        counts = collections.Counter(json.dumps(config.get(name, "<absent>")) for config in configs)
+        usual[name] = json.loads(counts.most_common(1)[0][0])
+    return usual
 
 
 def _mixed_versions(run: Run) -> str | None:
@@ -143,8 +179,9 @@ def load_runs(paths: Sequence[str]) -> list[Run]:
     """Loads every run under `paths` and marks the ones the report must leave out (Run.left_out).
 
     The runs of one report are one comparison: they must share their config except for method, seed and
-    data_dir. The config shared by most complete runs (the first found on a tie) is the reference; runs with
-    another are left out, as are incomplete or unreadable runs and repeats of a (method, seed) already counted.
+    BOOKKEEPING_FIELDS. The config shared by most complete runs (the first found on a tie) is the reference; runs
+    with another are left out, as are incomplete or unreadable runs and repeats of a (method, seed) already
+    counted; a used run whose bookkeeping fields differ from the values most runs have has them listed.
     Among the rest, the jax/jaxlib/flax versions of most runs are the reference and runs made with others are
     left out: different versions give different numbers for one config.
     """
@@ -157,8 +194,13 @@ def load_runs(paths: Sequence[str]) -> list[Run]:
         reference = next(run.config for run in runs if _shared_config(run.config) == reference_key)
         for run in runs:
             if run.config and _shared_config(run.config) != reference_key:
-                reason = f"config differs from the other runs': {_config_difference(run.config, reference)}"
+                names = (set(run.config) | set(reference)) - set(PER_RUN_FIELDS + BOOKKEEPING_FIELDS)
+                reason = f"config differs from the other runs': {_config_difference(run.config, reference, names)}"
                 run.left_out = f"{run.left_out}; {reason}" if run.left_out else reason
+        grouped = [run for run in runs if run.left_out is None]
+        usual = _usual_values([run.config for run in grouped], BOOKKEEPING_FIELDS)
+        for run in grouped:
+            run.bookkeeping_differences = _config_difference(run.config, usual, BOOKKEEPING_FIELDS) or None
     _leave_out_other_versions(runs)
     counted: dict[tuple[str, int], str] = {}
     for run in runs:

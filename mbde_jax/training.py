@@ -16,7 +16,7 @@ import ml_collections
 from absl import logging
 
 from mbde_jax import (checkpoint, config_validation, distributed, experiment as experiment_lib, lifecycle, logs,
-                      progress, provenance, run_record, seed_group, train_metrics, workdir as run_files)
+                      progress, provenance, run_record, runs, seed_group, train_metrics, workdir as run_files)
 from mbde_jax.data import train_input
 from mbde_jax.data.eval_input import EvalInput
 from mbde_jax.experiment import Experiment
@@ -92,7 +92,9 @@ def run_experiments(experiments: Sequence[Experiment], workdirs: Sequence[str], 
     config replaced with --allow_config_change) and, at the end, results.json (the final epoch's metrics of every
     head, the headline, and the best epoch's, labelled). One trainer at a time holds a workdir
     (lifecycle.WorkdirLock). The first SIGTERM or SIGINT finishes the current step, checkpoints every run and
-    raises lifecycle.TrainingStopped.
+    raises lifecycle.TrainingStopped; a second one stops at once, with one line naming the step the next run
+    resumes from. Runs that have finished already (runs.finished_results) are left as they are: one line each,
+    nothing trained, evaluated or written, and their results.json returned.
 
     Args:
       seed_execution: how a group's seed axis runs (seed_group.resolve_seed_execution).
@@ -111,9 +113,23 @@ def run_experiments(experiments: Sequence[Experiment], workdirs: Sequence[str], 
         if jax.process_index() == 0:
             for workdir in workdirs:
                 stack.enter_context(lifecycle.WorkdirLock(workdir))
+        finished = [runs.finished_results(workdir, e.config_json) for e, workdir in zip(experiments, workdirs)]
+        if all(finished):  # a rerun of a finished run: its records must not change (nor be "evaluated again")
+            for workdir, results in zip(workdirs, finished):
+                _log_already_finished(workdir, results)
+            return finished
         stop = stack.enter_context(lifecycle.GracefulStop())
         execution = "loop" if len(experiments) == 1 else seed_group.resolve_seed_execution(seed_execution)
         return _train_together(experiments, workdirs, execution, allow_config_change, stop, time.time())
+
+
+def _log_already_finished(workdir: str, results: dict) -> None:
+    final = results["final"]
+    logging.info("%s has finished already: %s on %s, epoch %d of %d, %s top-1 %.2f%% (%s); nothing was trained, "
+                 "evaluated or rewritten. To train on, raise --config.num_epochs and pass --allow_config_change; to "
+                 "train again, use a new --workdir.", workdir, results["method"], results["dataset"], final["epoch"],
+                 results["num_epochs"], results["deployed_head"], final["metrics"]["top1/deployed"],
+                 os.path.join(workdir, run_files.RESULTS_FILE))
 
 
 def _train_together(experiments: Sequence[Experiment], workdirs: Sequence[str], execution: str,
@@ -147,6 +163,16 @@ def _train_together(experiments: Sequence[Experiment], workdirs: Sequence[str], 
         raise
     logging.info("ready in %.1f s: %d steps per epoch, %d in all; the first step compiles the train step",
                  time.time() - entered, steps_per_epoch, total_steps)
+
+    def resumes_from() -> str:
+        """For the line a second signal prints: the run stops at once, a save in progress left incomplete."""
+        kept = [record.last_checkpoint for record in records]
+        if None in kept:
+            return f"no checkpoint was complete yet: the next run starts from step 0 of {total_steps}"
+        return (f"the next run resumes from step {min(kept)} of {total_steps}, the latest complete checkpoint in "
+                f"{_checkpoint_directories(records)}: run the same command again")
+
+    stop.resumes_from = resumes_from
     start_epoch, start_batch = divmod(step, steps_per_epoch)
     started = time.time()
     last_save_time = time.monotonic()

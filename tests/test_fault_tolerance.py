@@ -65,14 +65,20 @@ def test_a_signal_checkpoints_and_the_resumed_run_is_bit_identical(straight_run,
     _leaves_equal(str(straight), str(tmp_path / "stopped"))
 
 
-def test_a_second_signal_stops_at_once(tmp_path):
+def test_a_second_signal_during_the_checkpoint_stops_at_once_in_one_line(tmp_path):
     args = dict(mode="train", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES,
                 workdir=str(tmp_path / "run"), overrides={"checkpoint_every_minutes": 0},
-                signal_after_step=11, signals=["SIGTERM", "SIGTERM"])
+                signal_after_step=11, signals=["SIGTERM"], signals_during_save=["SIGTERM"])
     completed = _run_subprocess(args, xla_devices=2)
     assert completed.returncode == -15, completed.stderr[-3000:]
-    # No checkpoint of step 11: only the end of epoch 1 (step 8) was saved.
+    assert "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1] == (
+        f"stopped at once by a second SIGTERM, before the checkpoint this run was stopping for was complete; the "
+        f"next run resumes from step 8 of 16, the latest complete checkpoint in {tmp_path / 'run' / 'checkpoints'}: "
+        f"run the same command again.")
+    # No checkpoint of step 11: only the end of epoch 1 (step 8) was saved, and it reads.
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == [8]
+    assert int(training.restore_latest(str(tmp_path / "run"))[1].step) == 8
 
 
 def test_time_based_checkpoints(tmp_path):
@@ -90,6 +96,15 @@ def two_epoch_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("two_epochs")
     workdir, results = _train(tmp_path, checkpoint_every_minutes=0)
     return tmp_path, workdir, results
+
+
+def _unfinished_copy(workdir: str, tmp_path: pathlib.Path) -> pathlib.Path:
+    """A copy of a finished run without its results.json, as a run stopped after its last checkpoint: a rerun
+    restores it (a rerun of a finished run reads no checkpoint)."""
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    (copy / "results.json").unlink()
+    return copy
 
 
 def _damage_truncated_arrays(step_dir: pathlib.Path) -> None:
@@ -112,14 +127,18 @@ def _damage_missing_item(step_dir: pathlib.Path) -> None:
 
 @pytest.mark.parametrize("damage", [_damage_truncated_arrays, _damage_deleted_manifest, _damage_garbage_metadata,
                                     _damage_missing_item])
-def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_used(two_epoch_run, tmp_path, damage, caplog):
+def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_used(two_epoch_run, tmp_path, damage, caplog,
+                                                                         capfd):
     data_tmp, workdir, results = two_epoch_run
-    copy = tmp_path / "run"
-    shutil.copytree(workdir, copy)
+    copy = _unfinished_copy(workdir, tmp_path)
     damage(copy / "checkpoints" / str(2 * STEPS_PER_EPOCH))
     (copy / "checkpoints" / "24.orbax-checkpoint-tmp-1234").mkdir()  # a save that never completed
+    capfd.readouterr()
     with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(data_tmp / "meta")):
         again = training.train_and_evaluate(_config(checkpoint_every_minutes=0), str(copy))
+    # tensorstore's threads write to file descriptor 2: none of its reads outlived orbax's event loop
+    written = capfd.readouterr().err
+    assert "Event loop is closed" not in written and "Traceback" not in written, written[-3000:]
     assert f"checkpoint step {2 * STEPS_PER_EPOCH} cannot be read" in caplog.text
     assert not list((copy / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
     (moved,) = (copy / "checkpoints_unreadable").iterdir()
@@ -131,8 +150,7 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_used(two_epo
 
 def test_a_checkpoint_of_another_state_layout_is_refused_and_left_in_place(two_epoch_run, tmp_path, monkeypatch):
     data_tmp, workdir, _ = two_epoch_run
-    copy = tmp_path / "run"
-    shutil.copytree(workdir, copy)
+    copy = _unfinished_copy(workdir, tmp_path)
     before = sorted(path.name for path in (copy / "checkpoints").iterdir())
     monkeypatch.setattr(checkpoint, "STATE_LAYOUT", checkpoint.STATE_LAYOUT + 1)  # as a later version would read
     message = (rf"{copy / 'checkpoints'} holds checkpoints of state layout {checkpoint.STATE_LAYOUT - 1}; this "
@@ -148,8 +166,7 @@ def test_a_checkpoint_of_another_state_layout_is_refused_and_left_in_place(two_e
 
 def test_no_readable_checkpoint_is_one_clear_error(two_epoch_run, tmp_path):
     data_tmp, workdir, _ = two_epoch_run
-    copy = tmp_path / "run"
-    shutil.copytree(workdir, copy)
+    copy = _unfinished_copy(workdir, tmp_path)
     for step in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH):
         _damage_garbage_metadata(copy / "checkpoints" / str(step))
     with pytest.raises(checkpoint.CheckpointUnreadableError,
@@ -315,8 +332,9 @@ def test_a_failed_save_removes_its_partial_checkpoint(two_epoch_run, tmp_path, m
 
     monkeypatch.setattr(checkpointer._manager, "save", disk_full)
     with pytest.raises(checkpoint.CheckpointSaveError,
-                       match=r"checkpoint step 24 could not be written in .* No space left on device.*the partial "
-                             r"save was removed and earlier checkpoints are intact"):
+                       match=r"checkpoint step 24 could not be written in .* \(no space left on the device\); the "
+                             r"partial save was removed and the next run resumes from step 16, the latest checkpoint, "
+                             r"which is intact"):
         checkpointer.save(24, state, meta)
     assert not list((copy / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
     assert checkpointer.latest_step() == 2 * STEPS_PER_EPOCH

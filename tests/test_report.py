@@ -130,6 +130,25 @@ def test_incomplete_repeated_and_differently_configured_runs_are_left_out(sweep_
             {"mbde": ("1", ""), "one": ("1", "")}
 
 
+def test_runs_that_differ_only_in_bookkeeping_fields_are_grouped_and_the_differences_listed(sweep_root, tmp_path):
+    copy = _copy_without_checkpoints(sweep_root, tmp_path)
+    config_path = copy / "mbde" / "seed_1" / "config.json"
+    _edit_json(config_path, lambda config: config.update(
+        checkpoint_every_steps=50, log_every_seconds=5.0, data_dir="/elsewhere/tensorflow_datasets"))
+    before = {path: path.read_bytes() for path in copy.rglob("*.json")}
+
+    written = report.write_report([str(copy)], str(tmp_path / "report"))
+    markdown = pathlib.Path(written["results.md"]).read_text()
+    assert _table(markdown)["mbde"]["seeds"] == "0, 1"
+    assert markdown.split("## Runs left out")[1].strip() == "None."
+    (line,) = [line for line in markdown.splitlines() if line.startswith(f"- mbde seed 1: `{copy / 'mbde'}")]
+    assert line.endswith("(differs only in fields that cannot change its numbers: checkpoint_every_steps 50 (the "
+                         "others: 0), data_dir '/elsewhere/tensorflow_datasets' (the others: None), "
+                         "log_every_seconds 5.0 (the others: 30.0))")
+    assert sum("differs only in fields" in line for line in markdown.splitlines()) == 1
+    assert {path: path.read_bytes() for path in copy.rglob("*.json")} == before  # the report only reads
+
+
 def test_a_report_with_no_usable_run_says_why(sweep_root, tmp_path):
     copy = tmp_path / "sweep"
     shutil.copytree(sweep_root / "mbde" / "seed_0", copy / "mbde" / "seed_0",

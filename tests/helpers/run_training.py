@@ -5,7 +5,8 @@
 JSON fields: mode ('train' or 'losses'), workdir, metadata_dir, num_examples, overrides (config fields),
 kill_after_checkpoint_step (train mode: SIGKILL the process right after the checkpoint of that step is
 written), signal_after_step and signals (train mode: send itself these signals, e.g. ["SIGTERM"], right after
-that train step; "SIGKILL" kills it), steps (losses mode), distributed (keyword arguments of
+that train step; "SIGKILL" kills it), signals_during_save (train mode: send these when the checkpoint of
+signal_after_step starts being written, e.g. a second SIGTERM), steps (losses mode), distributed (keyword arguments of
 mbde_jax.distributed.settings_from: join a multi-process run). Errors and signals end the process as they end
 train.py (one line; 128 + the signal). XLA_FLAGS must be set by the caller.
 """
@@ -67,6 +68,16 @@ def main(args: dict) -> None:
                     self.train_step = step_then_signal
 
                 training.Trainer.__init__ = init_then_wrap
+                if args.get("signals_during_save"):
+                    original_manager_save = checkpoint.ocp.CheckpointManager.save
+
+                    def signal_then_save(self, step, *save_args, **save_kwargs):
+                        if step == signal_step:  # the handler runs inside orbax's save, which is then cut short
+                            for name in args["signals_during_save"]:
+                                os.kill(os.getpid(), getattr(signal, name))
+                        return original_manager_save(self, step, *save_args, **save_kwargs)
+
+                    checkpoint.ocp.CheckpointManager.save = signal_then_save
             try:
                 with cli_errors.one_line_errors("train.py"):
                     training.train_and_evaluate(config, args["workdir"])
