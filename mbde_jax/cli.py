@@ -75,6 +75,15 @@ def _config_flag(flag_values: Flags, argv: Sequence[str]):
     return holder
 
 
+def _before_jax() -> None:
+    """Once the flags are parsed, before the command's heavy imports: TensorFlow imported quietly, and JAX's
+    persistent compilation cache switched on (mbde_jax.compilation_cache)."""
+    logs.import_tensorflow_quietly()
+    from mbde_jax import compilation_cache  # pylint: disable=import-outside-toplevel
+
+    compilation_cache.enable()
+
+
 def _no_positional(tool: str, positional: list[str]) -> None:
     if positional:
         raise SystemExit(f"{tool}: error: unexpected arguments {positional}; flags are given as --name=value.")
@@ -97,7 +106,7 @@ def train(argv: Sequence[str] | None = None) -> None:
 
     (config, workdir, allow, launch), positional = _parse(tool, train.__doc__, argv, define)
     _no_positional(tool, positional)
-    logs.import_tensorflow_quietly()
+    _before_jax()
     from mbde_jax import lifecycle  # pylint: disable=import-outside-toplevel
 
     try:
@@ -156,7 +165,7 @@ def sweep(argv: Sequence[str] | None = None) -> None:
     (holders, fv), positional = _parse(tool, sweep.__doc__, argv, define_required)
     _no_positional(tool, positional)
     if not holders["status"].value:  # the status reads files only: it answers at once on a login node
-        logs.import_tensorflow_quietly()
+        _before_jax()
     from mbde_jax import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
 
     value = {name: holder.value for name, holder in holders.items() if name != "launch"}
@@ -244,7 +253,7 @@ def evaluate(argv: Sequence[str] | None = None) -> None:
         "split": flags.DEFINE_string("split", None, "tfds split; default the dataset's test split.", flag_values=fv),
         "step": flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.", flag_values=fv),
         "json_path": flags.DEFINE_string("json", None, "Also write the metrics to this JSON file.", flag_values=fv)})
-    logs.import_tensorflow_quietly()
+    _before_jax()
     from mbde_jax import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
 
     evaluate_lib.main(**values)
@@ -259,7 +268,7 @@ def export(argv: Sequence[str] | None = None) -> None:
         "out": flags.DEFINE_string("out", None, "Directory to write the exported model to (required).",
                                    flag_values=fv),
         "step": flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.", flag_values=fv)})
-    logs.import_tensorflow_quietly()
+    _before_jax()
     from mbde_jax import export as export_lib  # pylint: disable=import-outside-toplevel
 
     export_lib.main(**values)
@@ -315,7 +324,7 @@ def benchmark(argv: Sequence[str] | None = None):
     settings["overrides"] = [arg for arg in argv[2:] if arg.startswith("--config.")]
     if "config" in settings:
         settings["config_file"] = cli_errors.flag_text(argv, "config")
-    logs.import_tensorflow_quietly()
+    _before_jax()
     return benchmark_lib.run(command, **settings)
 
 
@@ -370,7 +379,7 @@ def data(argv: Sequence[str] | None = None) -> int:
     if len(positional) != 2 or positional[0] != "prepare":
         raise SystemExit(f"{tool}: error: usage: {tool} prepare <dataset> [--data_dir DIR] [--manual_dir DIR]; "
                          f"got {positional}.")
-    logs.import_tensorflow_quietly()
+    _before_jax()
     return data_cli.prepare_command(positional[1], data_dir.value, manual_dir.value)
 
 

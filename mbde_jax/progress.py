@@ -58,8 +58,8 @@ class ConsoleProgress:
         its images/s (else None)."""
         now = self._clock()
         if self._timed_from_step is None:
-            logging.info("first step done in %.1f s (it compiles the train step); next line in %g s",
-                         now - self._line_time, self.every_seconds)
+            logging.info("first step done in %.1f s (it compiles the train step or reads it from the cache); "
+                         "next line in %g s", now - self._line_time, self.every_seconds)
             self._timed_from_step, self._segment_start = step, now
             self._line_step, self._line_time, self._eval_seconds_since_line = step, now, 0.0
             return None
