@@ -25,14 +25,15 @@ class WorkdirLockedError(RuntimeError):
 
 
 class TrainingStopped(Exception):
-    """A SIGTERM or SIGINT stopped the run after a checkpoint; exit_code is 128 + the signal number."""
+    """A SIGTERM, SIGINT or SIGUSR1 stopped the run after a checkpoint; exit_code is 128 + the signal number."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
+        self.signum = signum
         self.exit_code = 128 + signum
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,7 +70,7 @@ class WorkdirLock:
                 f"stop it, or use another --workdir.") from None
         previous = self._holder()
         if previous.get("pid") and not (previous.get("host") == socket.gethostname()
-                                        and _pid_alive(int(previous["pid"]))):
+                                        and pid_alive(int(previous["pid"]))):
             logging.warning("taking over the lock of %s left by PID %s on host %s, which is no longer running",
                             os.path.dirname(self.path), previous.get("pid"), previous.get("host"))
         self._file.seek(0)
@@ -94,13 +95,15 @@ class WorkdirLock:
 
 
 class GracefulStop:
-    """Turns the first SIGTERM or SIGINT into a request the loop polls (`requested`); a second one stops at once.
+    """Turns the first SIGTERM, SIGINT or SIGUSR1 into a request the loop polls (`requested`); a second SIGTERM or
+    SIGINT stops at once. SIGUSR1 is what a SLURM job asks for before its time limit (mbde_jax.slurm requeues it
+    afterwards); a repeated one is ignored.
 
     Handlers are installed only in the main thread (Python allows no other), and the previous ones come back
     when the `with` block ends.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self):
         self.signum: int | None = None
@@ -117,6 +120,8 @@ class GracefulStop:
         return signal.Signals(self.signum).name if self.signum else ""
 
     def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGUSR1:
+            return  # a scheduler's warning, which SLURM's scancel may deliver twice: never an interrupt
         if self.signum is not None:  # the second signal: the default action, now
             # One line first: the first signal's line promised a checkpoint, which this one leaves incomplete.
             where = (self.resumes_from() if self.resumes_from

@@ -242,6 +242,9 @@ def _train_together(experiments: Sequence[Experiment], workdirs: Sequence[str], 
                     write_train()
                 if console.line_due():
                     jax.block_until_ready(group.step_of(state))  # time computed steps, not dispatched ones
+                    if primary:  # for the sweep's status of a running run
+                        for workdir in workdirs:
+                            run_files.write_progress(workdir, step, total_steps)
                 losses = [record.last_loss for record in records if record.last_loss is not None]
                 images_per_second = console.step_done(step, sum(losses) / len(losses) if losses else None)
                 if images_per_second is not None:
