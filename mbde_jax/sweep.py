@@ -50,10 +50,11 @@ import ml_collections
 from absl import logging
 
 from mbde_jax import cli_errors, distributed, lifecycle, logs, methods, slurm, sweep_status, workdir as run_files
+from mbde_jax.runs import BOOKKEEPING_FIELDS
 
 # Fields in which a finished run's config.json may differ from the sweep's config and still be skipped as this
-# sweep's run: where the data was read from does not change what was trained.
-IGNORED_FIELDS = ("data_dir",)
+# sweep's run: they cannot change what was trained (where the data was read from, checkpoint and log intervals).
+IGNORED_FIELDS = BOOKKEEPING_FIELDS
 
 STATUS_FINISHED = "finished"  # results.json of the config's last epoch: skipped
 STATUS_RESUME = "resume"      # a checkpoint but no final results: resumed from the checkpoint

@@ -13,6 +13,7 @@ Outside CI, without a running SLURM, these tests skip with the line that says ho
 a missing SLURM fails them.
 """
 
+import fcntl
 import json
 import os
 import pathlib
@@ -33,12 +34,14 @@ CONFIG_ARGS = ["--config", str(ROOT / "configs" / "test.py"), "--config.dataset=
 # Two processes over gloo take a collective per step: the same run in 45 steps of batch 32.
 SRUN_CONFIG_ARGS = [*CONFIG_ARGS, "--config.batch_size=32", "--config.eval_batch_size=64"]
 METHODS, SEEDS = "mbde,dml", "0,1"
-JOB_TIMEOUT_S = 420
+JOB_TIMEOUT_S = 900  # generous: in the suite the jobs share the 2 cores with the other test worker
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """Skips (outside CI) or fails (in CI) unless a SLURM controller answers."""
+@pytest.fixture
+def cluster(tmp_path_factory):
+    """Skips (outside CI) or fails (in CI) unless a SLURM controller answers; then holds the cluster for the
+    test. Under pytest-xdist the SLURM tests of both workers take turns (a file lock in the session's shared
+    temp directory), so that no job waits in the queue behind another test's jobs."""
     answered = shutil.which("sinfo") and subprocess.run(
         ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30).stdout.strip()
     if not answered:
@@ -46,6 +49,11 @@ def cluster():
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(shared / "test_slurm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -147,16 +155,10 @@ def _report(root, out, env) -> dict:
             for name in ("results.csv", "results.md")}
 
 
-@pytest.fixture(scope="module")
-def sequential_sweep(cluster, env, tmp_path_factory):
-    """The sweep of 2 methods x 2 seeds trained one run after another in one process: the reference."""
-    root = tmp_path_factory.mktemp("sequential")
-    _run(_sweep_args(root), env)
-    return root
-
-
-def test_an_array_sweep_equals_the_sequential_one_and_a_signalled_task_resumes_exactly(
-        sequential_sweep, env, tmp_path):
+def test_an_array_sweep_equals_the_sequential_one_and_a_signalled_task_resumes_exactly(cluster, env, tmp_path):
+    # The reference: the same sweep trained one run after another in one process.
+    sequential_sweep = tmp_path / "sequential"
+    _run(_sweep_args(sequential_sweep), env)
     root = tmp_path / "array"
     status_args = _sweep_args(root, "--status")
     assert _run(status_args, env).stdout.strip().splitlines()[-1] == "4 runs: 4 not started"
