@@ -24,6 +24,7 @@ import optax
 
 from mbde_jax import checkpoint, eval_metrics, optim, sharding
 from mbde_jax.experiment import Experiment
+from mbde_jax.models import initializers
 from mbde_jax.models.online_kd import OnlineKDModel
 
 
@@ -37,23 +38,26 @@ class TrainState:
     opt_state: Any
 
 
-def create_train_state(model: OnlineKDModel, tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
-                       seed: jax.Array) -> TrainState:
-    """Initialises parameters (each branch from its own key), batch statistics and the optimizer state.
-
-    `seed` (int32 scalar) is an argument, not a constant, of the compiled initialisation: runs that differ only
-    in their seed share one compiled program.
-
-    The branches are initialised as the 'unrolled' execution draws them whatever model.branch_execution is:
-    nn.vmap splits the branch keys differently from nn.scan, and the initial values should not depend on a
-    choice that is only about speed (so a run on a GPU starts where the same run on a CPU starts).
-    """
-    params_key, dropout_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), 0))
-    variables = model.clone(branch_execution="unrolled").init({"params": params_key, "dropout": dropout_key},
-                           jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+def create_train_state(params: Any, batch_stats: Any, *, tx: optax.GradientTransformation) -> TrainState:
+    """The state at step 0 of initial params and batch statistics (initial_variables's): the optimizer's state
+    is tx.init(params)."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=tx.init(params))
+
+
+def describe_variables(model: OnlineKDModel, image_shape: tuple[int, int, int]) -> tuple[Any, tuple]:
+    """(tree structure, leaf descriptions) of the model's variables (models.initializers.describe): traced,
+    not compiled."""
+    return initializers.describe(lambda: model.init(
+        {"params": jax.random.key(0), "dropout": jax.random.key(1)}, jnp.zeros((1, *image_shape), jnp.float32),
+        train=False))
+
+
+def initial_variables(description: tuple[Any, tuple], seed: jax.Array) -> dict[str, Any]:
+    """{'params', 'batch_stats'} at initialisation (traceable; the Trainer draws under jit and assembles on the
+    host, which gives the same values: models.initializers)."""
+    treedef, leaves = description
+    return initializers.assemble(treedef, leaves, initializers.draw_standard(leaves, seed))
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], seed: jax.Array, *, experiment: Experiment,
@@ -128,9 +132,7 @@ def _compiled_steps(experiment: Experiment, steps_per_epoch: int | None) -> tupl
     seedless = json.dumps({k: v for k, v in experiment.config_json.items() if k != "seed"}, sort_keys=True)
     replicated = sharding.replicated_sharding(experiment.mesh)
     batched = sharding.batch_sharding(experiment.mesh)
-    init = _cached_jit(("init", seedless, experiment.mesh), lambda: jax.jit(functools.partial(
-        create_train_state, experiment.model, experiment.optimizer, experiment.dataset.image_shape),
-        out_shardings=replicated))
+    init = _cached_jit(("init", seedless, experiment.mesh), lambda: _Initialisation(experiment))
     evaluate = _cached_jit(("eval", seedless, experiment.mesh), lambda: jax.jit(
         functools.partial(eval_step, experiment=experiment), in_shardings=(replicated, batched),
         out_shardings=replicated))
@@ -141,6 +143,42 @@ def _compiled_steps(experiment: Experiment, steps_per_epoch: int | None) -> tupl
             in_shardings=(replicated, batched, replicated), out_shardings=(replicated, replicated),
             donate_argnums=(0,)))
     return init, step, evaluate
+
+
+def initial_draws(leaves: tuple, seed: jax.Array) -> dict[str, jax.Array]:
+    """The standard draws of every random variable (models.initializers.draw_standard), named for the logs."""
+    return initializers.draw_standard(leaves, seed)
+
+
+class _Initialisation:
+    """seed -> the initial TrainState of one experiment-but-its-seed, in two small compiled programs.
+
+    jit(initial_draws) computes every random variable's standard draws as flat arrays (seed -> a few MB); the
+    host scales and reshapes them (initializers.assemble: no compilation per variable) and puts them on the
+    devices; jit(create_train_state) adds the step and the optimizer state. One jit of flax's init instead would
+    compile each variable's random-number program separately (models.initializers says why that is slow).
+    """
+
+    def __init__(self, experiment: Experiment):
+        self.description = describe_variables(experiment.model, experiment.dataset.image_shape)
+        self.replicated = sharding.replicated_sharding(experiment.mesh)
+        self.draw = jax.jit(functools.partial(initial_draws, self.description[1]), out_shardings=self.replicated)
+        self.create = jax.jit(functools.partial(create_train_state, tx=experiment.optimizer),
+                              out_shardings=self.replicated, donate_argnums=(0, 1))
+
+    def __call__(self, seed: jax.Array) -> TrainState:
+        # replicated: every process holds the whole draws, so each assembles the same values
+        draws = {kind: np.asarray(array.addressable_data(0)) for kind, array in self.draw(seed).items()}
+        variables = jax.tree.map(
+            lambda value: jax.make_array_from_callback(value.shape, self.replicated, lambda index: value[index]),
+            initializers.assemble(*self.description, draws))
+        return self.create(variables["params"], variables.get("batch_stats", {}))
+
+    def abstract(self) -> TrainState:
+        treedef, leaves = self.description
+        variables = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+                                                           for leaf in leaves])
+        return jax.eval_shape(self.create, variables["params"], variables.get("batch_stats", {}))
 
 
 def _with_seed(step, seed: jax.Array, state: TrainState, batch: dict[str, jax.Array]):
@@ -177,7 +215,7 @@ class Trainer:
         return self._init(self.seed)
 
     def abstract_state(self) -> TrainState:
-        return checkpoint.abstract_like(jax.eval_shape(self._init, self.seed))
+        return checkpoint.abstract_like(self._init.abstract())
 
     def evaluate(self, state: TrainState, batches: Iterator[dict[str, jax.Array]]) -> dict:
         total = eval_metrics.accumulate(self.eval_step(state, batch) for batch in batches)

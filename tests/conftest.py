@@ -4,8 +4,9 @@
   sharding. XLA reads the flag once, when jax first initialises its backends, so it is set here, before any
   test module imports jax.
 * The 'rbg' PRNG for the suite: XLA's CPU compiler spends ~15 s compiling the threefry random bits of a
-  DenseNet's initialisation and ~3 s with rbg. Runs use jax's default (threefry); no test compares random
-  values against a threefry-specific constant.
+  DenseNet's model.init, which the model tests call, and ~3 s with rbg. Runs use jax's default (threefry) for
+  dropout, and the training's initialisation draws with threefry whatever the default (models.initializers),
+  so it is the same here as in a run; no test compares random values against a threefry-specific constant.
 * A persistent XLA compilation cache in the temp directory, shared by both test workers and the training
   subprocesses they start (they inherit the environment): many tests compile the same programs, so most
   compilations after the first are file reads, even from an empty cache (as in CI). Keys include

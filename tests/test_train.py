@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from mbde_jax import (checkpoint, config_utils, config_validation, experiment, losses, methods, optim, provenance,
-                      sharding, training)
+                      sharding, trainer as trainer_lib, training)
 from mbde_jax.data import eval_input, testing
 from mbde_jax.evaluate import evaluate_workdir, format_metrics
 from mbde_jax.export import export_deployed, load_deployed
@@ -302,7 +302,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_the_seed_as_an_argument_gives_what_the_seed_as_a_constant_gave(tmp_path):
     """The compiled init and train step take the seed as an argument; their results equal the same functions
-    compiled with the seed folded in as a Python constant (what every earlier run was made with)."""
+    compiled with the seed folded in as a Python constant (what every earlier run was made with), the init's
+    variables assembled inside that one program rather than on the host."""
     for seed in (0, 7):
         config = _config(arch="vgg16", seed=seed)  # dropout: the train step draws from the seed's key
         resolved = experiment.resolve(config)
@@ -310,8 +311,9 @@ def test_the_seed_as_an_argument_gives_what_the_seed_as_a_constant_gave(tmp_path
         model, optimizer, shape = resolved.model, resolved.optimizer, resolved.dataset.image_shape
         replicated = sharding.replicated_sharding(resolved.mesh)
         batched = sharding.batch_sharding(resolved.mesh)
-        constant_init = jax.jit(lambda: training.create_train_state(model, optimizer, shape, seed),
-                                out_shardings=replicated)
+        description = trainer_lib.describe_variables(model, shape)  # traced as one program, assembled in it
+        constant_init = jax.jit(lambda: trainer_lib.create_train_state(
+            **trainer_lib.initial_variables(description, seed), tx=optimizer), out_shardings=replicated)
         state, reference = trainer.init_state(), constant_init()
         for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(reference)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mbde_jax.models import layers
+from mbde_jax.models import initializers, layers
 
 GROWTH_RATE = 12
 BOTTLENECK_WIDTH = 4 * GROWTH_RATE
@@ -94,6 +94,6 @@ class DenseNetBranch(nn.Module):
         x = _dense_block(x, self.train, self.dtype, "block3")
         feature_map = layers.relu(layers.batch_norm(self.train, name="final_bn")(x))
         pooled = layers.global_average_pool(feature_map)
-        logits = layers.linear(self.num_classes, pooled.shape[-1], bias_init=nn.initializers.zeros,
+        logits = layers.linear(self.num_classes, pooled.shape[-1], bias_init=initializers.zeros,
                                dtype=self.dtype, name="classifier")(pooled)
         return feature_map, pooled, logits

@@ -14,29 +14,28 @@ PyTorch conventions reproduced here:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Dtype = Any
-Initializer = Callable[..., jax.Array]
+from mbde_jax.models import initializers
 
+Dtype = Any
+Initializer = initializers.Initializer
+
+# Every variable comes from an mbde_jax.models.initializers Initializer, so that training can draw them all in
+# one program (see that module).
 # kaiming_normal_(mode='fan_out', nonlinearity='relu'): an untruncated normal with variance 2 / fan_out.
-kaiming_normal_fan_out: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+kaiming_normal_fan_out: Initializer = initializers.kaiming_normal("fan_out")
 # kaiming_normal_() with its defaults (fan_in, leaky_relu with slope 0): variance 2 / fan_in.
-kaiming_normal_fan_in: Initializer = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+kaiming_normal_fan_in: Initializer = initializers.kaiming_normal("fan_in")
 
 
 def torch_uniform(fan_in: int) -> Initializer:
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for nn.Linear weights and biases."""
-    bound = 1.0 / float(fan_in) ** 0.5
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+    return initializers.uniform(1.0 / float(fan_in) ** 0.5)
 
 
 def conv(
@@ -58,7 +57,7 @@ def conv(
         padding=((pad, pad), (pad, pad)),
         use_bias=use_bias,
         kernel_init=kernel_init,
-        bias_init=nn.initializers.zeros,
+        bias_init=initializers.zeros,
         dtype=dtype,
         name=name,
     )
@@ -95,10 +94,10 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = (x.shape[-1],)
-        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
-        running_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
-        running_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        scale = self.param("scale", initializers.ones, features, jnp.float32)
+        bias = self.param("bias", initializers.zeros, features, jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", initializers.zeros, None, features, jnp.float32)
+        running_var = self.variable("batch_stats", "var", initializers.ones, None, features, jnp.float32)
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if self.use_running_average:
             mean, var = running_mean.value, running_var.value

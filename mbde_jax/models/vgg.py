@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mbde_jax.models import layers
+from mbde_jax.models import initializers, layers
 
 
 def _conv_bn_relu_stage(
@@ -62,8 +62,8 @@ class VGGBranch(nn.Module):
                 f"flattening classifier assumes); the last stage produced {feature_map.shape[1:3]}."
             )
         pooled = feature_map.reshape(feature_map.shape[0], -1)
-        normal = nn.initializers.normal(0.01)
-        zeros = nn.initializers.zeros
+        normal = initializers.normal(0.01)
+        zeros = initializers.zeros
         h = pooled
         for i in range(2):
             h = layers.linear(512, h.shape[-1], kernel_init=normal, bias_init=zeros, dtype=self.dtype,
