@@ -5,6 +5,7 @@
     mbde-benchmark eval --config configs/paper.py:cifar100,resnet32 [--steps 20] [--json out.json]
     mbde-benchmark input --dataset digits
     mbde-benchmark input --dataset cifar10 --data mock --mock_examples 20000 [--input_on_device]
+    mbde-benchmark startup --config configs/demo.py [--config.<field>=<value> ...] [--data mock] [--json out.json]
 
 `train`: the jitted train step of the config on synthetic data of the config's shapes (random normalised images
 and labels already on the devices, sharded as the training loop shards them), so it runs anywhere. It prints the
@@ -18,6 +19,7 @@ default's. On a shared VM whose speed drifts by minutes, this is the fair A/B (s
 `input`: training images per second that the input pipeline delivers as global jax.Arrays on the local devices
 (every batch waited for with block_until_ready, epochs chained as the training loop chains them, so the
 per-epoch set-up is included). Pipeline construction (reading the split into memory) is not timed.
+`startup`: from the command to the first step, uncached, cached and resumed (mbde_jax.startup_benchmark).
 
 Like train.py, `train` and `eval` split a CPU-only host into config.cpu_devices JAX devices (auto: 2 on 2+
 cores) before JAX starts; pass --config.cpu_devices=1 to measure a single device.
@@ -43,7 +45,7 @@ import types
 
 from mbde_jax.data import info as dataset_info
 
-COMMANDS = ("train", "eval", "input")
+COMMANDS = ("train", "eval", "input", "startup")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -371,11 +373,15 @@ def _input_command(args: types.SimpleNamespace) -> None:
 
 
 def run(command: str, **settings):
-    """Runs benchmark `command` ('train', 'eval' or 'input') with the settings mbde_jax.cli parsed; returns the
-    figures of 'train' and 'eval'."""
+    """Runs benchmark `command` ('train', 'eval', 'input' or 'startup') with the settings mbde_jax.cli parsed;
+    returns the figures of 'train', 'eval' and 'startup'."""
     from mbde_jax import config_validation  # pylint: disable=import-outside-toplevel
 
     args = types.SimpleNamespace(command=command, **settings)
+    if command == "startup":
+        from mbde_jax import startup_benchmark  # pylint: disable=import-outside-toplevel
+
+        return startup_benchmark.run(args)
     try:
         return _input_command(args) if command == "input" else _step_command(args)
     except config_validation.ConfigError as error:

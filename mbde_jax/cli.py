@@ -305,7 +305,7 @@ def summary(argv: Sequence[str] | None = None) -> None:
 
 
 def benchmark(argv: Sequence[str] | None = None):
-    """Throughput: mbde-benchmark train|eval --config FILE [--config.<field>=...] | input --dataset NAME."""
+    """Throughput: mbde-benchmark train|eval|startup --config FILE [--config.<field>=...] | input --dataset NAME."""
     from mbde_jax import benchmark as benchmark_lib  # pylint: disable=import-outside-toplevel  # light to import
 
     argv = list(argv or sys.argv)
@@ -340,6 +340,15 @@ def _benchmark_flags(command: str, fv: Flags, argv: Sequence[str]) -> dict:
                         "compare_xla_option", None, "NAME=VALUE: also compile the step with this XLA option "
                         "(e.g. xla_cpu_enable_concurrency_optimized_scheduler=true) and time the two programs in "
                         "turn, one step each, so that a machine's drift hits both alike.", flag_values=fv))
+    if command == "startup":
+        return dict(holders, config=_config_flag(fv, argv),
+                    data=flags.DEFINE_enum("data", "auto", ["auto", "real", "mock"], "real: the prepared dataset; "
+                                           "mock: tfds mock data; auto: real for digits, mock otherwise.",
+                                           flag_values=fv),
+                    mock_examples=flags.DEFINE_integer("mock_examples", 0, "Examples per split with mock data (0: "
+                                                       "two batches).", flag_values=fv),
+                    timeout=flags.DEFINE_integer("timeout", 3600, "Seconds each training process may take.",
+                                                 flag_values=fv))
     from mbde_jax.data import info as dataset_info  # pylint: disable=import-outside-toplevel
 
     holders["dataset"] = flags.DEFINE_enum("dataset", None, sorted(dataset_info.DATASETS), "Dataset.",

@@ -16,7 +16,7 @@ import ml_collections
 from absl import logging
 
 from mbde_jax import (checkpoint, config_validation, distributed, experiment as experiment_lib, lifecycle, logs,
-                      progress, provenance, run_record, runs, seed_group, train_metrics, workdir as run_files)
+                      progress, provenance, run_record, runs, seed_group, startup, train_metrics, workdir as run_files)
 from mbde_jax.data import train_input
 from mbde_jax.data.eval_input import EvalInput
 from mbde_jax.experiment import Experiment
@@ -146,23 +146,30 @@ def _train_together(experiments: Sequence[Experiment], workdirs: Sequence[str], 
     logging.info("%s on %s (%s, %d branches), %d epochs, in %s: reading the data, initialising the model",
                  config.method, config.dataset, config.arch, experiment.num_branches, config.num_epochs, where)
 
-    pipelines = [make_train_pipeline(e) for e in experiments]
-    eval_input = EvalInput(config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
-                           data_dir=config.data_dir, download=config.download)
-    steps_per_epoch = pipelines[0].steps_per_epoch
-    group = seed_group.SeedGroup(experiments, steps_per_epoch, execution)
-    total_steps = config.num_epochs * steps_per_epoch
-    records = []
-    try:
-        for e, workdir in zip(experiments, workdirs):
-            records.append(run_record.RunRecord(e, workdir, primary))
-        state, step = run_record.restore_records(records, group, allow_config_change)
-    except BaseException:
-        for record in records:
-            record.close()
-        raise
-    logging.info("ready in %.1f s: %d steps per epoch, %d in all; the first step compiles the train step",
-                 time.time() - entered, steps_per_epoch, total_steps)
+    clock = startup.StartupClock(entered)
+    with clock.listening():
+        with clock.piece("data"):
+            pipelines = [make_train_pipeline(e) for e in experiments]
+        with clock.piece("evaluation input"):
+            eval_input = EvalInput(config.dataset, global_batch_size=config.eval_batch_size, mesh=mesh,
+                                   data_dir=config.data_dir, download=config.download)
+        steps_per_epoch = pipelines[0].steps_per_epoch
+        total_steps = config.num_epochs * steps_per_epoch
+        records = []
+        try:
+            with clock.piece("workdir records"):
+                for e, workdir in zip(experiments, workdirs):
+                    records.append(run_record.RunRecord(e, workdir, primary))
+            with clock.piece("model"):
+                group = seed_group.SeedGroup(experiments, steps_per_epoch, execution)
+                state, step = run_record.restore_records(records, group, allow_config_change)
+        except BaseException:
+            for record in records:
+                record.close()
+            raise
+    clock.rename("model", f"restoring step {step}" if step else "model initialisation")
+    logging.info("ready in %s: %d steps per epoch, %d in all; the first step compiles the train step",
+                 clock.describe(), steps_per_epoch, total_steps, extra={"startup_seconds": clock.figures()})
 
     def resumes_from() -> str:
         """For the line a second signal prints: the run stops at once, a save in progress left incomplete."""

@@ -54,7 +54,7 @@ def test_overrides_are_typed_and_checked(monkeypatch):
         benchmark.main(["train", "--config", TEST_CONFIG, "--config.num_branches=four"])
     with pytest.raises(SystemExit, match="Unknown command line flag 'stepz'"):
         benchmark.main(["train", "--config", TEST_CONFIG, "--stepz=3"])
-    with pytest.raises(SystemExit, match="one of train, eval, input; got 'tran'"):
+    with pytest.raises(SystemExit, match="one of train, eval, input, startup; got 'tran'"):
         benchmark.main(["tran", "--config", TEST_CONFIG])
 
 
@@ -133,3 +133,25 @@ def test_a_compared_xla_option_is_timed_beside_the_default(tmp_path, capsys):
     with pytest.raises(SystemExit, match="xla_cpu_scheduler_type=bogus: XLA refused it: .*not a valid enum"):
         benchmark.main(["train", "--config", TEST_CONFIG, "--steps", "1", "--warmup", "0", "--config.batch_size=4",
                         "--compare_xla_option", "xla_cpu_scheduler_type=bogus"])
+
+
+def test_startup_benchmark_reports_each_piece_uncached_cached_and_resumed(tmp_path, capsys):
+    out = tmp_path / "startup.json"
+    result = benchmark.main(["startup", "--config", TEST_CONFIG, "--config.dataset=digits", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["benchmark"] == "startup" and result["data"] == "real" and result["device_count"] == 2
+    assert list(result["runs"]) == ["uncached", "cached", "resumed"]
+    for name, run in result["runs"].items():
+        ready = run["ready"]
+        pieces = set(ready["pieces_s"])
+        assert {"data", "evaluation input", "workdir records", "other"} <= pieces, pieces
+        assert ("model initialisation" in pieces) == (name != "resumed")
+        assert ("restoring step 1" in pieces) == (name == "resumed")  # each run stops after its first step
+        assert abs(sum(ready["pieces_s"].values()) - ready["total_s"]) < 0.01
+        assert 0 < ready["total_s"] < run["command_to_ready_s"] < run["command_to_first_step_s"]
+        assert run["first_step_s"] > 0 and ready["compile_s"] >= 0
+    uncached, cached = result["runs"]["uncached"], result["runs"]["cached"]
+    assert {"initial_draws", "create_train_state", "train_step"} <= set(uncached["compiled_s"])
+    assert uncached["cache_hits"] == 0 and cached["cache_hits"] > 0  # its own new cache, then read from it
+    printed = capsys.readouterr().out
+    assert "benchmark startup" in printed and "command to ready" in printed and "restoring the checkpoint" in printed

@@ -22,7 +22,8 @@ def _initial(model, seed):
 
 
 def _paths(tree):
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
 
 
 @pytest.mark.parametrize("arch", sorted(models.BACKBONES))
