@@ -166,7 +166,7 @@ def test_seeds_of_one_config_share_one_compiled_init_train_and_eval_step(tmp_pat
         runs = sweep.run_sweep(config, ["okddip"], [0, 1], str(tmp_path / "sweep"))
     first, second = runs
     assert [first.outcome, second.outcome] == ["trained", "trained"]
-    for name in ("create_train_state", "train_step", "eval_step"):
+    for name in ("initial_draws", "create_train_state", "train_step", "eval_step"):
         assert first.compilations[name] == 1, first.compilations
         assert second.compilations[name] == 0, second.compilations
     assert "compiled nothing" in sweep.describe(second)
