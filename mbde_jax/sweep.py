@@ -239,7 +239,7 @@ def _compiled_text(run: PlannedRun) -> str:
 
 # The compiled programs of a run the sweep reports (mbde_jax.trainer); JAX also compiles small helpers
 # (conversions, the device-resident input's augmentation) that are counted but not listed.
-_STEP_NAMES = ("create_train_state", "train_step", "eval_step")
+_STEP_NAMES = ("initial_draws", "create_train_state", "train_step", "eval_step")
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 

@@ -55,7 +55,7 @@ def describe_variables(model: OnlineKDModel, image_shape: tuple[int, int, int]) 
 
 def initial_variables(description: tuple[Any, tuple], seed: jax.Array) -> dict[str, Any]:
     """{'params', 'batch_stats'} at initialisation (traceable; the Trainer draws under jit and assembles on the
-    host, which gives the same values: models.initializers)."""
+    host, which gives the same values up to float32 rounding: models.initializers)."""
     treedef, leaves = description
     return initializers.assemble(treedef, leaves, initializers.draw_standard(leaves, seed))
 

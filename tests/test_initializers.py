@@ -93,7 +93,9 @@ def test_the_host_assembly_gives_the_traced_values():
     traced = jax.jit(lambda s: trainer_lib.initial_variables(description, s))(seed)
     for a, b in zip(jax.tree.leaves(on_host), jax.tree.leaves(traced)):
         assert isinstance(a, np.ndarray)
-        np.testing.assert_array_equal(a, np.asarray(b))
+        # XLA may fuse the scaling into the draw's program and round the product differently (seen on
+        # jax 0.12 for VGG-16's variables: 2 ulp); training always assembles on the host.
+        np.testing.assert_array_max_ulp(a, np.asarray(b), maxulp=2)
 
 
 def test_a_variable_without_an_initializer_of_ours_is_named():

@@ -170,7 +170,7 @@ def test_seeds_of_one_config_share_one_compiled_init_train_and_eval_step(tmp_pat
         assert first.compilations[name] == 1, first.compilations
         assert second.compilations[name] == 0, second.compilations
     assert "compiled nothing" in sweep.describe(second)
-    assert "compiled create_train_state x1, eval_step x1, train_step x1" in sweep.describe(first)
+    assert "compiled create_train_state x1, eval_step x1, initial_draws x1, train_step x1" in sweep.describe(first)
     # the seeds still differ where they should: initial parameters, dropout, data order
     results = [json.loads((pathlib.Path(run.workdir) / "results.json").read_text()) for run in runs]
     assert results[0]["final"]["train"] != results[1]["final"]["train"]

@@ -178,7 +178,7 @@ def draw_standard(leaves: tuple[Leaf, ...], seed: jax.Array) -> dict[str, jax.Ar
 
 def assemble(treedef: Any, leaves: tuple[Leaf, ...], draws: dict[str, Any]) -> Any:
     """The variables tree from draw_standard's output: numpy arrays for numpy draws, traced ones under jit
-    (the same float32 products either way)."""
+    (the same float32 products up to rounding: XLA may fuse the scaling into the draw's program)."""
     offsets = dict.fromkeys(RANDOM_KINDS, 0)
     values = []
     for leaf in leaves:
