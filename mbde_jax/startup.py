@@ -10,10 +10,34 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+@contextlib.contextmanager
+def compilations(on_compile: Callable[[str, float], None], on_cache_hit: Callable[[], None]) -> Iterator[None]:
+    """Inside the block: on_compile(program name, seconds) for each XLA compilation (a persistent-cache read
+    counts as one) and on_cache_hit() for each program read from the persistent cache."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    def on_duration(event: str, duration: float, **fields) -> None:
+        if event == COMPILE_EVENT:
+            name = str(fields.get("fun_name", "?"))
+            on_compile(name[4:-1] if name.startswith("jit(") else name, duration)
+
+    def on_event(event: str, **_) -> None:
+        if event == CACHE_HIT_EVENT:
+            on_cache_hit()
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
+    try:
+        yield
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+        jax.monitoring.unregister_event_listener(on_event)
 
 
 class StartupClock:
@@ -29,24 +53,16 @@ class StartupClock:
 
     @contextlib.contextmanager
     def listening(self) -> Iterator["StartupClock"]:
-        import jax  # pylint: disable=import-outside-toplevel
+        def on_compile(name: str, seconds: float) -> None:
+            self.compiled[name] += seconds
 
-        def on_duration(event: str, duration: float, **fields) -> None:
-            if event == COMPILE_EVENT:
-                name = str(fields.get("fun_name", "?"))
-                self.compiled[name[4:-1] if name.startswith("jit(") else name] += duration
+        def on_cache_hit() -> None:
+            self.cache_hits += 1
 
-        def on_event(event: str, **_) -> None:
-            if event == CACHE_HIT_EVENT:
-                self.cache_hits += 1
-
-        jax.monitoring.register_event_duration_secs_listener(on_duration)
-        jax.monitoring.register_event_listener(on_event)
         try:
-            yield self
+            with compilations(on_compile, on_cache_hit):
+                yield self
         finally:
-            jax.monitoring.unregister_event_duration_listener(on_duration)
-            jax.monitoring.unregister_event_listener(on_event)
             self.ended = time.time()
 
     @contextlib.contextmanager

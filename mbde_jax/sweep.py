@@ -240,32 +240,18 @@ def _compiled_text(run: PlannedRun) -> str:
 # The compiled programs of a run the sweep reports (mbde_jax.trainer); JAX also compiles small helpers
 # (conversions, the device-resident input's augmentation) that are counted but not listed.
 _STEP_NAMES = ("initial_draws", "create_train_state", "train_step", "eval_step")
-_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
 @contextlib.contextmanager
 def _counting_compilations(run: PlannedRun):
     """Counts into `run` the XLA compilations (by function name) and persistent-cache hits inside the block."""
-    import jax  # pylint: disable=import-outside-toplevel  # only when something trains
+    from mbde_jax import startup  # pylint: disable=import-outside-toplevel
 
-    def on_compile(event: str, duration: float, **fields) -> None:
-        del duration
-        if event == _COMPILE_EVENT:
-            name = str(fields.get("fun_name", "?"))
-            run.compilations[name[4:-1] if name.startswith("jit(") else name] += 1
+    def on_cache_hit() -> None:
+        run.cache_hits += 1
 
-    def on_event(event: str, **_) -> None:
-        if event == _CACHE_HIT_EVENT:
-            run.cache_hits += 1
-
-    jax.monitoring.register_event_duration_secs_listener(on_compile)
-    jax.monitoring.register_event_listener(on_event)
-    try:
+    with startup.compilations(lambda name, _: run.compilations.update([name]), on_cache_hit):
         yield
-    finally:
-        jax.monitoring.unregister_event_duration_listener(on_compile)
-        jax.monitoring.unregister_event_listener(on_event)
 
 
 def _primary_process() -> bool:
