@@ -10,7 +10,7 @@ the README, "Several processes and hosts".
 
 import sys
 
-from mbde_jax import cli
+from mbde_jax import train
 
 if __name__ == "__main__":
-    cli.train(sys.argv)
+    train.main(sys.argv)

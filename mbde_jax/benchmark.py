@@ -1,36 +1,8 @@
-"""Throughput measurements, one subcommand each (`python -m mbde_jax.benchmark` is the same command).
-
-    mbde-benchmark train --config configs/paper.py:cifar100,resnet32 [--config.<field>=<value> ...]
-                         [--steps 20] [--warmup 3] [--json out.json] [--compare_xla_option NAME=VALUE]
-    mbde-benchmark eval --config configs/paper.py:cifar100,resnet32 [--steps 20] [--json out.json]
-    mbde-benchmark input --dataset digits
-    mbde-benchmark input --dataset cifar10 --data mock --mock_examples 20000 [--input_on_device]
-    mbde-benchmark startup --config configs/demo.py [--config.<field>=<value> ...] [--data mock] [--json out.json]
-
-`train`: the jitted train step of the config on synthetic data of the config's shapes (random normalised images
-and labels already on the devices, sharded as the training loop shards them), so it runs anywhere. It prints the
-devices, the compile time, the steady-state images/s (median over --steps steps after --warmup, each step's
-result blocked on), XLA's FLOP count of the step, the peak host memory and, on GPU/TPU, the peak device memory,
-and the load average before and after (on a shared machine the figures are only as good as that number).
-`eval`: the same for the evaluation step at config.eval_batch_size.
-`--compare_xla_option NAME=VALUE` (train, eval): the step is also compiled with that XLA option and the two
-programs are timed in turn, one step each; the line it adds gives the option's images/s and its speed over the
-default's. On a shared VM whose speed drifts by minutes, this is the fair A/B (separate runs are not).
-`input`: training images per second that the input pipeline delivers as global jax.Arrays on the local devices
-(every batch waited for with block_until_ready, epochs chained as the training loop chains them, so the
-per-epoch set-up is included). Pipeline construction (reading the split into memory) is not timed.
-`startup`: from the command to the first step, uncached, cached and resumed (mbde_jax.startup_benchmark).
-
-Like train.py, `train` and `eval` split a CPU-only host into config.cpu_devices JAX devices (auto: 2 on 2+
-cores) before JAX starts; pass --config.cpu_devices=1 to measure a single device.
+"""Throughput measurements, one subcommand each: train, eval, input, startup. The usage and what each measures
+are mbde_jax.benchmark_flags's (`mbde-benchmark --help`); `python -m mbde_jax.benchmark` is the same command.
 """
 
 from __future__ import annotations
-
-if __name__ == "__main__":  # `python -m mbde_jax.benchmark`: the command line answers before the imports below
-    from mbde_jax import cli
-
-    cli.mbde_benchmark()
 
 import contextlib
 import json
@@ -43,9 +15,10 @@ import tempfile
 import time
 import types
 
+from mbde_jax import benchmark_flags, command_line
 from mbde_jax.data import info as dataset_info
 
-COMMANDS = ("train", "eval", "input", "startup")
+COMMANDS = benchmark_flags.COMMANDS
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -373,7 +346,7 @@ def _input_command(args: types.SimpleNamespace) -> None:
 
 
 def run(command: str, **settings):
-    """Runs benchmark `command` ('train', 'eval', 'input' or 'startup') with the settings mbde_jax.cli parsed;
+    """Runs benchmark `command` ('train', 'eval', 'input' or 'startup') with the settings benchmark_flags parsed;
     returns the figures of 'train', 'eval' and 'startup'."""
     from mbde_jax import config_validation  # pylint: disable=import-outside-toplevel
 
@@ -381,7 +354,7 @@ def run(command: str, **settings):
     if command == "startup":
         from mbde_jax import startup_benchmark  # pylint: disable=import-outside-toplevel
 
-        return startup_benchmark.run(args)
+        return startup_benchmark.run(args, host_cpu=_cpu_model())
     try:
         return _input_command(args) if command == "input" else _step_command(args)
     except config_validation.ConfigError as error:
@@ -390,6 +363,8 @@ def run(command: str, **settings):
 
 def main(argv):
     """`python -m mbde_jax.benchmark` from Python: argv without the program name, e.g. ['train', '--config', F]."""
-    from mbde_jax import cli  # pylint: disable=import-outside-toplevel
+    return run(**benchmark_flags.parse(["mbde_jax.benchmark", *argv]))
 
-    return cli.benchmark(["mbde_jax.benchmark", *argv])
+
+if __name__ == "__main__":
+    sys.exit(command_line.exit_status(main(sys.argv[1:])))

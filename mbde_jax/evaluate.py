@@ -5,14 +5,17 @@
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # `python -m mbde_jax.evaluate`: the command line answers before the imports below
-    from mbde_jax import cli
+import sys
 
-    cli.mbde_evaluate()
+if __name__ == "__main__":  # `python -m mbde_jax.evaluate`, mbde-evaluate: its flags answer before the imports below
+    from mbde_jax import evaluate_flags
+
+    _COMMAND_LINE = evaluate_flags.parse(sys.argv)
 
 import json
+from collections.abc import Sequence
 
-from mbde_jax import cli_errors, logs, provenance, training, workdir as run_files
+from mbde_jax import cli_errors, command_line, evaluate_flags, logs, provenance, training, workdir as run_files
 from mbde_jax.data.eval_input import EvalInput
 
 
@@ -49,8 +52,13 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def main(workdir: str, split: str | None, step: int | None, json_path: str | None) -> None:
-    """The evaluate command (mbde_jax.cli.evaluate parses the flags)."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command: argv as sys.argv (argv[0] the program); None reads sys.argv."""
+    run(**evaluate_flags.parse(command_line.program_argv(argv)))
+
+
+def run(workdir: str, split: str | None, step: int | None, json_path: str | None) -> None:
+    """The evaluate command once evaluate_flags parsed it."""
     logs.quiet_library_info_logs()
     with cli_errors.one_line_errors("mbde_jax.evaluate"):
         metrics = evaluate_workdir(workdir, split, step)
@@ -58,3 +66,7 @@ def main(workdir: str, split: str | None, step: int | None, json_path: str | Non
         if json_path:
             with open(json_path, "w") as f:
                 json.dump(metrics, f, indent=2)
+
+
+if __name__ == "__main__":
+    run(**_COMMAND_LINE)

@@ -10,14 +10,17 @@ as a small orbax checkpoint, and loads it back for inference.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # `python -m mbde_jax.export`: the command line answers before the imports below
-    from mbde_jax import cli
+import sys
 
-    cli.mbde_export()
+if __name__ == "__main__":  # `python -m mbde_jax.export`, mbde-export: its flags answer before the imports below
+    from mbde_jax import export_flags
+
+    _COMMAND_LINE = export_flags.parse(sys.argv)
 
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -25,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mbde_jax import cli_errors, logs, training
+from mbde_jax import cli_errors, command_line, export_flags, logs, training
 from mbde_jax.models import MultiBranchNet
 
 SPEC_FILE = "model.json"
@@ -120,11 +123,20 @@ def load_deployed(export_dir: str) -> DeployedModel:
     return DeployedModel(spec=spec, variables=variables, network=network)
 
 
-def main(workdir: str, out: str, step: int | None) -> None:
-    """The export command (mbde_jax.cli.export parses the flags)."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command: argv as sys.argv (argv[0] the program); None reads sys.argv."""
+    run(**export_flags.parse(command_line.program_argv(argv)))
+
+
+def run(workdir: str, out: str, step: int | None) -> None:
+    """The export command once export_flags parsed it."""
     logs.quiet_library_info_logs()
     with cli_errors.one_line_errors("mbde_jax.export"):
         spec = export_deployed(workdir, out, step)
         count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(load_deployed(out).variables["params"]))
     print(f"exported the {spec['deployed_head']} of {spec['method']} ({spec['arch']}, {count:,} parameters, "
           f"step {spec['source_step']}) to {os.path.abspath(out)}")
+
+
+if __name__ == "__main__":
+    run(**_COMMAND_LINE)

@@ -30,10 +30,12 @@ plot_schedule (each returns a matplotlib Figure; they live in mbde_jax.report_pl
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # `python -m mbde_jax.report`: the command line answers before the imports below
-    from mbde_jax import cli
+import sys
 
-    cli.mbde_report()
+if __name__ == "__main__":  # `python -m mbde_jax.report`, mbde-report: its flags answer before the imports below
+    from mbde_jax import report_flags
+
+    _COMMAND_LINE = report_flags.parse(sys.argv)
 
 import csv
 import dataclasses
@@ -43,7 +45,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mbde_jax import cli_errors
+from mbde_jax import cli_errors, command_line, report_flags
 from mbde_jax.report_plots import (
     DPI, lr_schedule_text, no_runs_error, plot_accuracy, plot_attention, plot_diversity, plot_schedule)
 from mbde_jax.runs import Run, by_method, find_workdirs, included, load_runs, method_order
@@ -220,10 +222,19 @@ def write_report(paths: Sequence[str], out_dir: str) -> dict[str, str]:
     return written
 
 
-def main(paths: list[str], out_dir: str) -> None:
-    """The report command (mbde_jax.cli.report parses the flags): writes the report and prints results.md."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command: argv as sys.argv (argv[0] the program); None reads sys.argv."""
+    run(**report_flags.parse(command_line.program_argv(argv)))
+
+
+def run(paths: list[str], out_dir: str) -> None:
+    """The report command once report_flags parsed it: writes the report and prints results.md."""
     with cli_errors.one_line_errors("mbde_jax.report"):
         written = write_report(paths, out_dir)
     with open(written["results.md"]) as f:
         print(f.read())
     print("written:\n" + "\n".join(f"  {path}" for path in written.values()))
+
+
+if __name__ == "__main__":
+    run(**_COMMAND_LINE)

@@ -30,10 +30,8 @@ import time
 RUNS = ("uncached", "cached", "resumed")
 
 
-def run(args) -> dict:
-    """The parent: three child processes, a table, and --json."""
-    from mbde_jax import benchmark  # pylint: disable=import-outside-toplevel
-
+def run(args, host_cpu: str) -> dict:
+    """The parent: three child processes, a table, and --json; `host_cpu` names the machine's CPU."""
     config = args.config
     mock = args.data == "mock" or (args.data == "auto" and config.dataset != "digits")
     mock_examples = args.mock_examples or max(2 * config.batch_size, config.eval_batch_size)
@@ -47,7 +45,7 @@ def run(args) -> dict:
     result = {"benchmark": "startup", "config": args.config_file, "overrides": list(args.overrides),
               "method": config.method, "arch": config.arch, "dataset": config.dataset,
               "data": f"mock ({mock_examples} examples per split)" if mock else "real",
-              "host_cpu": benchmark._cpu_model(), "host_cores": os.cpu_count(),  # pylint: disable=protected-access
+              "host_cpu": host_cpu, "host_cores": os.cpu_count(),
               **{k: results["uncached"][k] for k in ("jax_version", "platform", "device_count")},
               "load_average_before": [round(v, 2) for v in load_before],
               "load_average_after": [round(v, 2) for v in os.getloadavg()], "runs": results}
@@ -121,7 +119,7 @@ def _child(spec: dict) -> None:
     """One training process: train.py's start-up, stopped after its first step; its figures into spec['out']."""
     import jax  # pylint: disable=import-outside-toplevel
 
-    from mbde_jax import cli, startup  # pylint: disable=import-outside-toplevel
+    from mbde_jax import startup, train  # pylint: disable=import-outside-toplevel
 
     watcher = _Watcher()
     logging.getLogger().addHandler(watcher)
@@ -134,7 +132,7 @@ def _child(spec: dict) -> None:
             stack.enter_context(testing.mocked_dataset(spec["dataset"], num_examples=spec["mock_examples"],
                                                        metadata_dir=metadata))
         try:
-            cli.train(["train.py", *spec["train_argv"]])
+            train.main(["train.py", *spec["train_argv"]])
         except SystemExit as stopped:  # the SIGTERM's stop; anything else is an error
             if watcher.first_step_at is None:
                 raise

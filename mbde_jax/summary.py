@@ -7,10 +7,12 @@ Counts come from abstract shapes (jax.eval_shape): nothing is allocated or compi
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # `python -m mbde_jax.summary`: the command line answers before the imports below
-    from mbde_jax import cli
+import sys
 
-    cli.mbde_summary()
+if __name__ == "__main__":  # `python -m mbde_jax.summary`, mbde-summary: its flags answer before the imports below
+    from mbde_jax import summary_flags
+
+    _COMMAND_LINE = summary_flags.parse(sys.argv)
 
 import dataclasses
 
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mbde_jax import cli_errors, experiment as experiment_lib
+from mbde_jax import cli_errors, command_line, experiment as experiment_lib, summary_flags
 from mbde_jax.models.online_kd import OnlineKDModel
 
 
@@ -87,9 +89,18 @@ def format_summary(experiment: experiment_lib.Experiment, counts: ParameterCount
     return "\n".join(lines)
 
 
-def main(config: ml_collections.ConfigDict) -> None:
-    """The summary command (mbde_jax.cli.summary parses the flags)."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command: argv as sys.argv (argv[0] the program); None reads sys.argv."""
+    run(**summary_flags.parse(command_line.program_argv(argv)))
+
+
+def run(config: ml_collections.ConfigDict) -> None:
+    """The summary command once summary_flags parsed it."""
     with cli_errors.one_line_errors("mbde_jax.summary"):
         experiment = experiment_lib.resolve(config)
         counts = count_parameters(experiment.model, experiment.dataset.image_shape)
     print(format_summary(experiment, counts))
+
+
+if __name__ == "__main__":
+    run(**_COMMAND_LINE)

@@ -32,16 +32,17 @@ train step, see mbde_jax.trainer): the sweep's closing lines say what each run c
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # `python -m mbde_jax.sweep`: the command line answers before the imports below
-    from mbde_jax import cli
+import sys
 
-    cli.mbde_sweep()
+if __name__ == "__main__":  # `python -m mbde_jax.sweep`, mbde-sweep: its flags answer before the imports below
+    from mbde_jax import sweep_flags
+
+    _COMMAND_LINE = sweep_flags.parse(sys.argv)
 
 import collections
 import contextlib
 import dataclasses
 import os
-import sys
 import time
 import traceback
 from typing import Any, Callable, Sequence
@@ -49,7 +50,8 @@ from typing import Any, Callable, Sequence
 import ml_collections
 from absl import logging
 
-from mbde_jax import cli_errors, distributed, lifecycle, logs, methods, slurm, sweep_status, workdir as run_files
+from mbde_jax import (cli_errors, command_line, distributed, lifecycle, logs, methods, slurm, sweep_flags, sweep_status,
+                      workdir as run_files)
 from mbde_jax.runs import BOOKKEEPING_FIELDS
 
 # Fields in which a finished run's config.json may differ from the sweep's config and still be skipped as this
@@ -365,11 +367,18 @@ def _submit(config: ml_collections.ConfigDict, method_names: Sequence[str], seed
           f"tables and plots when done: mbde-report {root}")
 
 
-def main(config: ml_collections.ConfigDict, method_names: Sequence[str] | None, seeds: Sequence[str] | None,
-         root: str, dry_run: bool, launch: Callable[[], distributed.LaunchSettings], *, shard: str | None = None,
-         status: bool = False, submission: Submission | None = None) -> None:
-    """The sweep command (mbde_jax.cli.sweep parses the flags): methods and seeds default to the config's."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command: argv as sys.argv (argv[0] the program); None reads sys.argv."""
+    run(**sweep_flags.parse(command_line.program_argv(argv)))
+
+
+def run(config: ml_collections.ConfigDict, method_names: Sequence[str] | None, seeds: Sequence[str] | None,
+        root: str, dry_run: bool, launch: Callable[[], distributed.LaunchSettings], *, shard: str | None = None,
+        status: bool = False, resources: slurm.Resources | None = None, task_argv: Sequence[str] = ()) -> None:
+    """The sweep command once sweep_flags parsed it: methods and seeds default to the config's; `resources`:
+    --submit slurm, whose tasks run the sweep with `task_argv`."""
     logs.quiet_library_info_logs()
+    submission = None if resources is None else Submission(resources, tuple(task_argv))
     try:
         # A bad sweep is one line (cli_errors), without the flag listing of a usage error.
         with cli_errors.one_line_errors("mbde_jax.sweep"):
@@ -394,3 +403,7 @@ def main(config: ml_collections.ConfigDict, method_names: Sequence[str] | None, 
     if not dry_run:
         whose = f"share {share}: " if share.count > 1 else ""
         print(f"{whose}all {len(runs)} runs finished; tables and plots: mbde-report {root}")
+
+
+if __name__ == "__main__":
+    run(**_COMMAND_LINE)

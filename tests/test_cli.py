@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import configparser
 import importlib
+import importlib.util
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -41,16 +43,21 @@ def test_every_tool_has_a_console_script_that_exists():
         assert callable(getattr(importlib.import_module(module), function)), script
 
 
+@pytest.mark.parametrize("way_in", ["python", "console script"])
 @pytest.mark.parametrize("name", sorted(TOOLS))
-def test_help_answers_without_importing_jax_or_tensorflow(name):
+def test_help_answers_without_importing_jax_or_tensorflow(name, way_in):
     """Both ways in (`python -m ...` / train.py, and the console script's function) print the tool's flags, exit 0
     and have not imported any heavy library."""
     target, listed_flag = TOOLS[name]
+    if way_in == "console script":
+        run = f"    from mbde_jax import cli\n    cli.mbde_{name}()\n"
+    elif target[0] == "-m":
+        run = f"    runpy.run_module({target[1]!r}, run_name='__main__', alter_sys=True)\n"
+    else:
+        run = f"    runpy.run_path({str(ROOT / target[0])!r}, run_name='__main__')\n"
     probe = ("import runpy, sys, json\n"
              f"sys.argv = [{target[-1]!r}, '--help']\n"
-             "try:\n"
-             + (f"    runpy.run_path({str(ROOT / target[0])!r}, run_name='__main__')\n" if target[0] != "-m" else
-                f"    runpy.run_module({target[1]!r}, run_name='__main__', alter_sys=True)\n")
+             "try:\n" + run
              + "except SystemExit as e:\n    code = e.code\n"
              f"print('HEAVY ' + json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)) + ' ' + str(code))\n")
     completed = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -83,9 +90,11 @@ def test_a_console_script_runs_the_same_command(capsys):
     (["mbde-data", "prepare", "mnist"], "unknown dataset 'mnist'; valid datasets are"),
 ])
 def test_bad_command_lines_are_one_line(argv, message):
-    from mbde_jax import cli
+    from mbde_jax import report, train
+    from mbde_jax.data import cli as data_cli
 
-    command = {"train.py": cli.train, "mbde-report": cli.report, "mbde-data": cli.data}[argv[0]]
+    command = {"train.py": train.main, "mbde-report": report.main,
+               "mbde-data": lambda args: data_cli.main(args[1:])}[argv[0]]
     with pytest.raises(SystemExit) as exited:
         command(argv)
     assert message in str(exited.value) and "\n" not in str(exited.value)
@@ -93,8 +102,70 @@ def test_bad_command_lines_are_one_line(argv, message):
 
 def test_commands_can_be_called_twice_in_one_process(capsys):
     """Each call parses into its own flags: a second call neither redefines nor inherits the first's."""
-    from mbde_jax import cli
+    from mbde_jax import summary
 
     for method in ("okddip", "one"):
-        cli.summary(["mbde-summary", f"--config={TEST_CONFIG}", f"--config.method={method}"])
+        summary.main(["mbde-summary", f"--config={TEST_CONFIG}", f"--config.method={method}"])
         assert f"method {method}" in capsys.readouterr().out
+
+
+def test_the_command_list_is_the_console_scripts_and_their_modules_run_them():
+    from mbde_jax import cli
+
+    scripts = _console_scripts()
+    assert list(cli.COMMANDS) == list(scripts)
+    for name, (module, summary) in cli.COMMANDS.items():
+        assert scripts[name] == f"mbde_jax.cli:{name.replace('-', '_')}"
+        assert importlib.util.find_spec(module) is not None, module
+        assert summary and "\n" not in summary, name
+    assert cli.COMMANDS["mbde-sweep"][0] == "mbde_jax.sweep" and cli.COMMANDS["mbde-data"][0] == "mbde_jax.data"
+
+
+def _help_flags(name: str, form: str | None, capsys) -> set[str]:
+    """The flags the command's --help lists, i.e. the ones it parses (the help is printed from that FlagValues)."""
+    from mbde_jax import cli
+
+    sys_argv, sys.argv = sys.argv, [name, *([form] if form else []), "--help"]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            getattr(cli, name.replace("-", "_"))()
+    finally:
+        sys.argv = sys_argv
+    assert exited.value.code == 0
+    return set(re.findall(r"^  --(\w+): ", capsys.readouterr().out, re.MULTILINE))
+
+
+# The console scripts run their module as `python -m` does; here, in one process, the module may be imported
+# already, which runpy points out: harmless for a --help that stops before the module's own code.
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import of package:RuntimeWarning")
+def test_the_reference_of_each_command_holds_exactly_the_flags_it_parses(capsys):
+    from absl import flags
+
+    from mbde_jax import cli
+
+    for name in cli.COMMANDS:
+        entries = cli.command_reference(name)
+        forms = ["train", "eval", "input", "startup"] if name == "mbde-benchmark" else [None]
+        assert [invocation for invocation, _, _ in entries] == [" ".join([name, *([f] if f else [])]) for f in forms]
+        for form, (invocation, usage, flag_values) in zip(forms, entries):
+            assert isinstance(flag_values, flags.FlagValues) and not flag_values.is_parsed(), invocation
+            names = set(flag_values)
+            assert names == _help_flags(name, form, capsys), invocation
+            assert not names & set(flags.FLAGS) and not any(n.startswith("config.") for n in names), invocation
+            assert usage.strip() and "\n" in usage, invocation
+    sweep = cli.command_reference("mbde-sweep")[0][2]
+    assert sweep["slurm_signal_seconds"].default == 300 and sweep["slurm_job_name"].default == "mbde-sweep"
+    benchmark = {invocation: usage for invocation, usage, _ in cli.command_reference("mbde-benchmark")}
+    assert "mbde-benchmark input --dataset digits" in benchmark["mbde-benchmark input"]
+    assert "mbde-benchmark train" not in benchmark["mbde-benchmark input"]
+    assert "--compare_xla_option" in benchmark["mbde-benchmark eval"]
+    with pytest.raises(KeyError, match="unknown command 'mbde-nope'"):
+        cli.command_reference("mbde-nope")
+
+
+def test_the_reference_imports_nothing_heavy():
+    probe = ("import sys\nfrom mbde_jax import cli\n"
+             "entries = [e for name in cli.COMMANDS for e in cli.command_reference(name)]\n"
+             f"print(len(entries), sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    completed = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert completed.stdout.strip() == "11 []", completed.stdout + completed.stderr[-2000:]

@@ -297,7 +297,7 @@ def test_the_share_comes_from_the_flag_then_the_array_task():
 def test_the_tasks_run_the_sweep_without_the_submission_flags():
     from absl import flags
 
-    from mbde_jax import cli
+    from mbde_jax import sweep_flags
 
     fv = flags.FlagValues()
     flags.DEFINE_bool("dry_run", False, "", flag_values=fv)
@@ -309,7 +309,7 @@ def test_the_tasks_run_the_sweep_without_the_submission_flags():
     flags.DEFINE_string("slurm_time", None, "", flag_values=fv)
     args = ["--config", "c.py:a,b", "--config.seed=3", "--submit", "slurm", "--slurm_time=1:00:00",
             "--slurm_array_parallelism", "2", "--nodry_run", "--dry_run", "--shard=0/2", "--workdir", "w"]
-    assert cli._task_argv(args, fv) == ["--config", "c.py:a,b", "--config.seed=3", "--workdir", "w"]
+    assert sweep_flags.task_argv(args, fv) == ["--config", "c.py:a,b", "--config.seed=3", "--workdir", "w"]
 
 
 def test_the_array_script_asks_for_the_resources_the_signal_and_a_log_per_task(tmp_path):

@@ -15,8 +15,25 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
+from absl import flags
+
+from mbde_jax import command_line
 from mbde_jax.data import info as dataset_info
+
+TOOL = "mbde_jax.data"
+
+
+def define(fv: command_line.Flags):
+    return (flags.DEFINE_string("data_dir", None, "tfds data directory (default: $TFDS_DATA_DIR or "
+                                "~/tensorflow_datasets).", flag_values=fv),
+            flags.DEFINE_string("manual_dir", None, "Directory holding a manually downloaded CINIC-10.tar.gz "
+                                "(default: <data_dir>/downloads/manual).", flag_values=fv))
+
+
+def reference() -> list[tuple[str, str, command_line.Flags]]:
+    return [command_line.reference("mbde-data", __doc__, define)]
 
 
 def _directory_bytes(path: str) -> int:
@@ -52,8 +69,11 @@ def prepare_command(dataset: str, data_dir: str | None, manual_dir: str | None) 
     return 0
 
 
-def main(argv: list[str]) -> int:
+def main(argv: Sequence[str]) -> int:
     """The command from Python: argv without the program name, e.g. ['prepare', 'digits', '--data_dir', D]."""
-    from mbde_jax import cli  # pylint: disable=import-outside-toplevel
-
-    return cli.data(["mbde_jax.data", *argv])
+    (data_dir, manual_dir), positional = command_line.parse(TOOL, __doc__, [TOOL, *argv], define)
+    if len(positional) != 2 or positional[0] != "prepare":
+        raise SystemExit(f"{TOOL}: error: usage: {TOOL} prepare <dataset> [--data_dir DIR] [--manual_dir DIR]; "
+                         f"got {positional}.")
+    command_line.before_jax()
+    return prepare_command(positional[1], data_dir.value, manual_dir.value)
