@@ -70,16 +70,23 @@ def get_config() -> config_dict.ConfigDict:
 
 
     # --- Optimisation (INFERRED: OKDDip's defaults) ------------------------------------------------
+    # Seed of the run: the initial parameters, the dropout keys, the order of the training examples and their
+    # crops and flips. Runs that differ only in seed share one compiled program.
     config.seed = 0
     # Global batch over all devices; must be a multiple of the device count.
     config.batch_size = 128
+    # Length of training in epochs (passes over the training split).
     config.num_epochs = 300
+    # Initial SGD learning rate, for the global batch_size.
     config.learning_rate = 0.1
     # The lr is multiplied by lr_decay_factor from each of these epochs on (counted from 1: the 150th epoch is
     # the first at 0.01, as OKDDip's scheduler.step()-at-epoch-start code behaves).
     config.lr_boundaries_epochs = (150, 225)
+    # What the lr is multiplied by at each of lr_boundaries_epochs.
     config.lr_decay_factor = 0.1
+    # SGD momentum.
     config.momentum = 0.9
+    # Nesterov momentum instead of heavy-ball momentum.
     config.nesterov = True
     # Coupled L2 weight decay on every parameter (added to the gradient before momentum, as PyTorch's SGD).
     config.weight_decay = 5e-4
