@@ -330,14 +330,6 @@ def _parse_seeds(values: Sequence[str]) -> list[int]:
                          ) from None
 
 
-@dataclasses.dataclass(frozen=True)
-class Submission:
-    """--submit slurm: the resources of each array task and the sweep's own flags for the tasks to run."""
-
-    resources: slurm.Resources
-    sweep_argv: tuple[str, ...]
-
-
 def _status(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: Sequence[int],
             root: str) -> None:
     print(sweep_status.format_status(sweep_status.sweep_status(root, method_names, seeds, config.num_epochs,
@@ -345,7 +337,7 @@ def _status(config: ml_collections.ConfigDict, method_names: Sequence[str], seed
 
 
 def _submit(config: ml_collections.ConfigDict, method_names: Sequence[str], seeds: Sequence[int], root: str,
-            dry_run: bool, submission: Submission) -> None:
+            dry_run: bool, submission: sweep_flags.Submission) -> None:
     """Checks the whole sweep here, then submits it as one array job (or prints the script with --dry_run)."""
     runs = plan(config, method_names, seeds, root)
     resources = submission.resources
@@ -374,11 +366,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(config: ml_collections.ConfigDict, method_names: Sequence[str] | None, seeds: Sequence[str] | None,
         root: str, dry_run: bool, launch: Callable[[], distributed.LaunchSettings], *, shard: str | None = None,
-        status: bool = False, resources: slurm.Resources | None = None, task_argv: Sequence[str] = ()) -> None:
-    """The sweep command once sweep_flags parsed it: methods and seeds default to the config's; `resources`:
-    --submit slurm, whose tasks run the sweep with `task_argv`."""
+        status: bool = False, submission: sweep_flags.Submission | None = None) -> None:
+    """The sweep command once sweep_flags parsed it: methods and seeds default to the config's."""
     logs.quiet_library_info_logs()
-    submission = None if resources is None else Submission(resources, tuple(task_argv))
     try:
         # A bad sweep is one line (cli_errors), without the flag listing of a usage error.
         with cli_errors.one_line_errors("mbde_jax.sweep"):

@@ -3,11 +3,12 @@ its imports (JAX through mbde_jax.runs) and sweep.py stays one concern: running 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from absl import flags
 
-from mbde_jax import command_line, distributed
+from mbde_jax import command_line, distributed, slurm
 
 TOOL = "mbde_jax.sweep"
 USAGE = """usage: mbde-sweep --config FILE --workdir ROOT [--methods a,b] [--seeds 0,1,2] [--config.<field>=...]
@@ -16,6 +17,14 @@ USAGE = """usage: mbde-sweep --config FILE --workdir ROOT [--methods a,b] [--see
     Runs every method x seed of one config, each run in <workdir>/<method>/seed_<seed>; --shard trains one
     worker's share, --submit slurm submits the whole sweep as one array job, --status says where each run stands.
     """
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """--submit slurm: the resources of each array task and the sweep's own flags for the tasks to run."""
+
+    resources: slurm.Resources
+    sweep_argv: tuple[str, ...]
+
 
 # The sweep's flags that only the submitting command reads: the array tasks run the sweep without them.
 _SUBMISSION_ONLY_FLAGS = ("submit", "dry_run", "shard", "status")
@@ -89,20 +98,19 @@ def parse(argv: Sequence[str]) -> dict:
     if not holders["status"].value:
         command_line.before_jax()
     value = {name: holder.value for name, holder in holders.items() if name != "launch"}
-    resources = None
+    submission = None
     if value["submit"] == "slurm":
-        from mbde_jax import slurm  # pylint: disable=import-outside-toplevel
-
         resources = slurm.Resources(
             tasks=value["slurm_tasks"], partition=value["slurm_partition"], time=value["slurm_time"],
             gpus_per_task=value["slurm_gpus_per_task"], cpus_per_task=value["slurm_cpus_per_task"],
             mem=value["slurm_mem"], array_parallelism=value["slurm_array_parallelism"],
             signal_seconds=value["slurm_signal_seconds"], job_name=value["slurm_job_name"],
             extra=tuple(value["slurm_option"] or ()), setup=value["slurm_setup"])
+        submission = Submission(resources, tuple(task_argv(argv[1:], fv)))
     return dict(config=value["config"], method_names=value["methods"] if fv["methods"].present else None,
                 seeds=value["seeds"] if fv["seeds"].present else None, root=value["workdir"],
                 dry_run=value["dry_run"], launch=holders["launch"], shard=value["shard"], status=value["status"],
-                resources=resources, task_argv=tuple(task_argv(argv[1:], fv)) if resources else ())
+                submission=submission)
 
 
 def task_argv(args: Sequence[str], fv: command_line.Flags) -> list[str]:

@@ -90,11 +90,9 @@ def test_a_console_script_runs_the_same_command(capsys):
     (["mbde-data", "prepare", "mnist"], "unknown dataset 'mnist'; valid datasets are"),
 ])
 def test_bad_command_lines_are_one_line(argv, message):
-    from mbde_jax import report, train
-    from mbde_jax.data import cli as data_cli
+    from mbde_jax import cli
 
-    command = {"train.py": train.main, "mbde-report": report.main,
-               "mbde-data": lambda args: data_cli.main(args[1:])}[argv[0]]
+    command = {"train.py": cli.train, "mbde-report": cli.report, "mbde-data": cli.data}[argv[0]]
     with pytest.raises(SystemExit) as exited:
         command(argv)
     assert message in str(exited.value) and "\n" not in str(exited.value)
@@ -102,10 +100,10 @@ def test_bad_command_lines_are_one_line(argv, message):
 
 def test_commands_can_be_called_twice_in_one_process(capsys):
     """Each call parses into its own flags: a second call neither redefines nor inherits the first's."""
-    from mbde_jax import summary
+    from mbde_jax import cli
 
     for method in ("okddip", "one"):
-        summary.main(["mbde-summary", f"--config={TEST_CONFIG}", f"--config.method={method}"])
+        cli.summary(["mbde-summary", f"--config={TEST_CONFIG}", f"--config.method={method}"])
         assert f"method {method}" in capsys.readouterr().out
 
 

@@ -32,11 +32,11 @@ def test_train_console_is_our_lines_only_and_ends_with_the_summary(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from mbde_jax import train
+        from mbde_jax import cli
         from mbde_jax.data import testing
         with testing.mocked_dataset("cifar10", num_examples=32, metadata_dir={str(tmp_path / "meta")!r}):
-            train.main(["train.py", "--config", {str(ROOT / "configs" / "test.py")!r}, "--workdir",
-                        {str(workdir)!r}, "--config.log_every_seconds=0.001"])
+            cli.train(["train.py", "--config", {str(ROOT / "configs" / "test.py")!r}, "--workdir",
+                       {str(workdir)!r}, "--config.log_every_seconds=0.001"])
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("MBDE_DEBUG", "TF_CPP_MIN_LOG_LEVEL")}
     completed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
