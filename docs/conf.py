@@ -36,6 +36,8 @@ myst_enable_extensions = ["colon_fence", "deflist"]
 # Every cross-reference is checked (-n); types from other libraries have no target here (no intersphinx,
 # the build is offline), so only those are let through, never a reference into mbde_jax.
 nitpicky = True
+# Text shows as written: `--flag` stays two hyphens and 'x' keeps straight quotes, in the pages and the docstrings.
+smartquotes = False
 nitpick_ignore_regex = [(r"py:.*", r"(?!mbde_jax\b).*")]
 
 autodoc_default_options = {"members": True, "show-inheritance": True}
@@ -44,7 +46,8 @@ autodoc_typehints = "signature"
 
 html_theme = "sphinx_book_theme"
 html_title = "mbde_jax"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["reference.css"]
 html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,

@@ -82,6 +82,15 @@ def parse_fields(path: str | pathlib.Path) -> list[Field]:
     return sorted(fields, key=lambda field: field.line)
 
 
+def flatten(tree: dict, prefix: str = ""):
+    """(dotted name, value) of every leaf of a nested dict, e.g. of `config.to_dict()`."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def undocumented(fields: list[Field]) -> list[str]:
     """The names of the fields without a comment above them."""
     return [field.name for field in fields if not field.description]

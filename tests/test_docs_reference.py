@@ -9,18 +9,10 @@ from mbde_jax import config_reference, config_utils
 DEFAULT = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 
 
-def _flatten(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def test_every_field_of_get_config_has_a_description_and_its_default():
     fields = {field.name: field for field in config_reference.parse_fields(DEFAULT)}
     config = config_utils.load_config(str(DEFAULT))
-    defined = dict(_flatten(config.to_dict()))
+    defined = dict(config_reference.flatten(config.to_dict()))
     assert sorted(defined) == sorted(fields), "fields get_config() defines that the parser did not find (or back)"
     for name, value in defined.items():
         field = fields[name]

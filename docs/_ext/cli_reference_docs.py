@@ -50,7 +50,7 @@ def cli_markdown(docname: str) -> str:
             rows = flag_rows(flag_values)
             if not rows:
                 logger.warning(f"{invocation} has no flags in mbde_jax.cli.command_reference", location=docname)
-            parts += [markdown_text.fenced(usage), "",
+            parts += [markdown_text.fenced(usage, css_class="usage-text"), "",
                       markdown_text.table(["Flag", "Type", "Default", "Help"], rows), ""]
     return "\n".join(parts)
 

@@ -22,14 +22,6 @@ def _default(field: config_reference.Field) -> str:
     return f"unset ({markdown_text.code(kind)})" if kind else markdown_text.code(field.default_source)
 
 
-def _flatten(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def overrides(config_file: pathlib.Path, defaults: dict) -> dict[str, set]:
     """Field -> the values config_file's get_config() gives it where they differ from default.py's. A config
     that takes an argument (configs/paper.py) is read for every argument its CELLS table names."""
@@ -38,7 +30,7 @@ def overrides(config_file: pathlib.Path, defaults: dict) -> dict[str, set]:
     changed: dict[str, set] = {}
     for argument in arguments:
         config = module.get_config() if argument is None else module.get_config(argument)
-        for name, value in _flatten(config.to_dict()):
+        for name, value in config_reference.flatten(config.to_dict()):
             if defaults.get(name, object()) != value:
                 changed.setdefault(name, set()).add(repr(value))
     return changed
@@ -60,7 +52,7 @@ def config_markdown(docname: str) -> str:
             section = field.section if field else None
         if field is not None:
             rows.append([markdown_text.code(field.name), _default(field), markdown_text.text(field.description)])
-    defaults = dict(_flatten(config_utils.load_config(str(default_file)).to_dict()))
+    defaults = dict(config_reference.flatten(config_utils.load_config(str(default_file)).to_dict()))
     override_rows = []
     for config_file in sorted(CONFIGS.glob("*.py")):
         if config_file.name == "default.py":

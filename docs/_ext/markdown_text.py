@@ -35,7 +35,9 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def fenced(value: str, language: str = "text") -> str:
-    """A fenced code block showing `value` verbatim."""
+def fenced(value: str, language: str = "text", css_class: str = "") -> str:
+    """A fenced code block showing `value` verbatim, with `css_class` on its HTML element if given."""
     fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", value)), default=0) + 1)
+    if css_class:
+        return f"{fence}{{code-block}} {language}\n:class: {css_class}\n\n{value.rstrip()}\n{fence}"
     return f"{fence}{language}\n{value.rstrip()}\n{fence}"

@@ -13,7 +13,7 @@ import re
 
 _SECTIONS = ("Args", "Arguments", "Attributes", "Returns", "Raises", "Yields")
 _SECTION = re.compile(rf"^({'|'.join(_SECTIONS)}):\s*$")
-_ENTRY = re.compile(r"^(?P<name>[\w.*]+(?:\s*\([^)]*\))?):\s+(?P<text>.*)$")
+_ENTRY = re.compile(r"^(?P<name>[\w.*]+(?:, [\w.*]+)*(?:\s*\([^)]*\))?):\s+(?P<text>.*)$")
 _BULLET = re.compile(r"^[-*] +(?P<text>.*)$")
 _CODE = re.compile(r"``(.+?)``|`([^`]+)`")
 _SPECIAL = re.compile(r"([\\*_|`\[\]<>:])")
