@@ -92,8 +92,8 @@ def get_config() -> config_dict.ConfigDict:
     config.weight_decay = 5e-4
 
     # Train this many seeds (seed, seed + 1, ...) together in one program, seed s in <workdir>/seed_<s>: each
-    # seed computes exactly what its separate run computes and leaves an ordinary run there (README, Several
-    # seeds in one program). 1: one run in <workdir> itself.
+    # seed computes exactly what its separate run computes and leaves an ordinary run there
+    # (docs/guides/sweeps.md, Several seeds in one program). 1: one run in <workdir> itself.
     config.num_seeds = 1
     # How the seeds of num_seeds > 1 run: vmap (stacked on a leading seed axis, one program steps them all),
     # loop (the one compiled step called once per seed), or auto: loop on CPU, vmap on GPU and TPU.
@@ -102,7 +102,7 @@ def get_config() -> config_dict.ConfigDict:
     # --- Devices and input -------------------------------------------------------------------------
     # On a host without an accelerator, split the CPU into this many JAX devices (data parallel over the batch;
     # results as on one device, batch-norm statistics over the global batch). XLA:CPU runs most convolutions on
-    # one core each, so two devices keep both cores of a 2-core machine busy (README, Performance).
+    # one core each, so two devices keep both cores of a 2-core machine busy (docs/guides/devices.md).
     # 0: auto (2 when the host has 2+ cores and both batch sizes are even, else 1; in a multi-process run 1 per
     # process, since processes sharing a host already use its cores). Takes effect only if JAX has
     # not started yet and XLA_FLAGS does not set --xla_force_host_platform_device_count.

@@ -12,6 +12,12 @@ DOCS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS / "_ext"))
 sys.path.insert(0, str(DOCS.parent))  # the checkout's mbde_jax, also when it is not installed editable
 
+from mbde_jax import logs  # noqa: E402  (after the path)
+
+# autodoc imports the data modules, which import TensorFlow: without its C++ start-up lines, which would read
+# like build warnings.
+logs.import_tensorflow_quietly()
+
 project = "mbde_jax"
 author = "mbde_jax authors"
 copyright = "the mbde_jax authors, Apache-2.0"  # pylint: disable=redefined-builtin
@@ -43,6 +49,8 @@ nitpick_ignore_regex = [(r"py:.*", r"(?!mbde_jax\b).*")]
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
+# Only our own docstrings: a method we override without one does not show the library's (rST) text as ours.
+autodoc_inherit_docstrings = False
 
 html_theme = "sphinx_book_theme"
 html_title = "mbde_jax"

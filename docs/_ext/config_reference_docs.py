@@ -23,17 +23,20 @@ def _default(field: config_reference.Field) -> str:
 
 
 def overrides(config_file: pathlib.Path, defaults: dict) -> dict[str, set]:
-    """Field -> the values config_file's get_config() gives it where they differ from default.py's. A config
-    that takes an argument (configs/paper.py) is read for every argument its CELLS table names."""
+    """Field -> every value config_file's get_config() gives it, for the fields where one differs from
+    default.py's. A config that takes an argument (configs/paper.py) is read for every argument its CELLS table
+    names, so a field a cell sets shows all its values."""
     module = config_utils.load_sibling(str(config_file), config_file.stem)
     arguments = list(getattr(module, "CELLS", {})) or [None]
-    changed: dict[str, set] = {}
+    values: dict[str, set] = {}
+    changed: set[str] = set()
     for argument in arguments:
         config = module.get_config() if argument is None else module.get_config(argument)
         for name, value in config_reference.flatten(config.to_dict()):
+            values.setdefault(name, set()).add(repr(value))
             if defaults.get(name, object()) != value:
-                changed.setdefault(name, set()).add(repr(value))
-    return changed
+                changed.add(name)
+    return {name: values[name] for name in values if name in changed}
 
 
 def config_markdown(docname: str) -> str:
