@@ -8,10 +8,11 @@ The convention, the same in README and docs (docs/guides/testing.md, "Documented
   needs the parenthesis). Any other marker, or an unmarked sh block that cannot run as written, fails.
 * The commands of a block run in order in one temporary directory laid out like a clone (links to train.py,
   configs/, slurm/, ...; HOME is that directory), one test per distinct block, so a block that trains and then
-  evaluates reads its own workdir. The rewrite: configs/demo.py, configs/default.py and configs/paper.py:<cell>
-  become configs/test.py shortened to one epoch (docs_commands.TEST_CONFIG_OVERRIDES), whose CIFAR-10 is tfds mock data of MOCK_EXAMPLES images a split, and the input
-  benchmark's --mock_examples is at most docs_commands.MAX_MOCK_EXAMPLES; the rest runs as written. mbde_jax's tools run in this process as their console scripts and `python -m` run them (runpy);
-  other commands run in bash.
+  evaluates reads its own workdir. The rewrite (docs_commands.rewrite): configs/demo.py, configs/default.py and
+  configs/paper.py:<cell> become configs/test.py shortened to one epoch (TEST_CONFIG_OVERRIDES), whose
+  CIFAR-10 is tfds mock data of MOCK_EXAMPLES images a split, and the input benchmark's --mock_examples is at
+  most MAX_MOCK_EXAMPLES; the rest runs as written. mbde_jax's tools run in this process as their console
+  scripts and `python -m` run them (runpy); other commands run in bash.
 * Every command, run or not, and every `python3 ...` / `mbde-...` command quoted inline, is checked
   statically: its flags (mbde_jax.cli.command_reference), --config.<field>s (configs/default.py), --config
   files, and the repository paths and relative links of every page.
@@ -194,7 +195,8 @@ def _run_tool(call: docs.ToolCall, command: str, clone: pathlib.Path, monkeypatc
 def _run_shell(command: str, clone: pathlib.Path) -> None:
     env = dict(os.environ, HOME=str(clone), PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")
     done = subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"`{command}` exited with {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    assert done.returncode == 0, (f"`{command}` exited with {done.returncode}:\n"
+                                  f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
 
 
 @pytest.mark.parametrize("commands", list(RUNNABLE),
