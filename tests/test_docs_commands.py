@@ -137,6 +137,13 @@ def test_each_static_check_catches_a_made_up_flag_field_file_and_path(fields):
     assert missing and all("configs/demo2.py does not exist" in problem for problem in missing)
     [bad_cell] = problems("python3 train.py --config configs/paper.py:cifar100,resnet33 --workdir w")
     assert "--config configs/paper.py:cifar100,resnet33 does not load" in bad_cell
+    [launched] = problems("srun -n 2 python3 train.py --config configs/test.py --workdir w --num_process=2")
+    assert "`--num_process` is not a flag of mbde-train" in launched
+    [batch_script] = problems("sbatch -n 2 slurm/train.sbatch --config configs/test.py --workdir w --config.seeds=1")
+    assert "`--config.seeds` is not a field" in batch_script
+    [looped] = problems("for i in 0 1; do python3 train.py --config configs/test.py --workdir w$i --proces_id=$i "
+                        "> log.$i 2>&1 & done; wait")
+    assert "`--proces_id` is not a flag of mbde-train" in looped
     [path] = problems("sbatch slurm/train2.sbatch")
     assert "the path slurm/train2.sbatch does not exist" in path
     assert docs.path_problems("see mbde_jax/experiment.resolve and tests/test_docs_commands.py", "x") == []

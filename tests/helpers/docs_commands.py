@@ -347,15 +347,53 @@ def link_problems(document: pathlib.Path, root: pathlib.Path = ROOT) -> list[str
     return problems
 
 
+def segments(command: str) -> list[str]:
+    """The simple commands inside a command line, as a reader sees them: split at ; && || | & and the shell's
+    do/then, redirections dropped, and what a launcher starts in place of the launcher: `srun -n 2 python3
+    train.py ...` is `python3 train.py ...`, `sbatch ... slurm/train.sbatch <flags>` is `mbde-train <flags>`."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        words = list(lexer)
+    except ValueError:
+        return [command]
+    parts, current, skip = [], [], False
+    for index, word in enumerate(words + [";"]):
+        if skip:
+            skip = False
+        elif word in (";", "&&", "||", "|", "&", "do", "then", "done", "fi"):
+            if current:
+                parts.append(current)
+            current = []
+        elif word in (">", ">>", "<", ">&", "&>"):
+            skip = True  # the redirection's target
+        elif word.isdigit() and index + 1 < len(words) and words[index + 1] in (">", ">>", ">&"):
+            pass  # the file descriptor of `2>&1`
+        else:
+            current.append(word)
+    simple = []
+    for part in parts:
+        if part[0] == "srun":
+            starts = [i for i, word in enumerate(part) if word in ("python", "python3") or word.startswith("mbde-")]
+            part = part[starts[0]:] if starts else part
+        elif part[0] == "sbatch" and "slurm/train.sbatch" in part:
+            part = ["mbde-train", *part[part.index("slurm/train.sbatch") + 1:]]
+        simple.append(shlex.join(part))
+    return simple
+
+
 def static_problems(command: str, where: str, fields: set[str], root: pathlib.Path = ROOT) -> list[str]:
-    """Every static check of one command: its tool's flags, config fields and files, repository paths."""
+    """Every static check of one command line: the flags, config fields and config files of each tool it runs
+    (launched by srun or slurm/train.sbatch too), and the repository paths it names."""
     problems = path_problems(command, where, root)
-    call = tool_call(command)
-    if call is None:
-        return problems
-    arguments = [arg for arg in call.args if not _PLACEHOLDER.search(arg)]
-    return (problems + flag_problems(call, where) + field_problems(arguments, where, fields)
-            + config_file_problems(arguments, where, root))
+    for segment in segments(command):
+        call = tool_call(segment)
+        if call is None:
+            continue
+        arguments = [arg for arg in call.args if not _PLACEHOLDER.search(arg)]
+        problems += (flag_problems(call, where) + field_problems(arguments, where, fields)
+                     + config_file_problems(arguments, where, root))
+    return problems
 
 
 def rewrite(arguments: Sequence[str]) -> list[str]:
