@@ -66,6 +66,14 @@ def test_help_answers_without_importing_jax_or_tensorflow(name, way_in):
     assert listed_flag in completed.stdout
 
 
+def test_python_m_mbde_jax_train_is_train_py():
+    completed = subprocess.run([sys.executable, "-m", "mbde_jax.train", "--config", TEST_CONFIG, "--workdir=w", "x"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines()[-1] == ("train.py: error: unexpected arguments ['x']; flags are "
+                                                         "given as --name=value.")
+
+
 def test_a_console_script_runs_the_same_command(capsys):
     from mbde_jax import cli
 
