@@ -1,9 +1,9 @@
 """The API reference: every module of mbde_jax on the page of its area, documented by autodoc from its docstrings.
 
-A page holds the marker `<!-- api-area: NAME -->`; when Sphinx reads the page the marker becomes a table of the
-area's modules and one section per module. The modules are found by walking the package, so a new module is on
-the site without editing a page: one that no area's patterns match is listed under "Other modules" of the last
-area. An area no page shows is a warning (the build fails).
+A page holds the marker `<!-- api-area: NAME -->` on a line of its own; when Sphinx reads the page, the marker
+becomes a table of the area's modules and one section per module. The modules are found by walking the package,
+so a new module is on the site without editing a page: one that no area's patterns match is listed under "Other
+modules" of the last area. An area no page shows is a warning (the build fails).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ AREAS: dict[str, tuple[str, ...]] = {
         "mbde_jax.benchmark", "mbde_jax.startup_benchmark", "mbde_jax.config_utils", "mbde_jax.config_validation",
         "mbde_jax.config_reference"),
 }
-_MARKER = re.compile(r"<!--\s*api-area:\s*(?P<area>[\w-]+)\s*-->")
+# on a line of its own: the same text quoted inside a sentence is only text
+_MARKER = re.compile(r"^<!--\s*api-area:\s*(?P<area>[\w-]+)\s*-->$", re.MULTILINE)
 logger = logging.getLogger(__name__)
 
 

@@ -1,16 +1,18 @@
-"""The CLI reference: `<!-- cli-reference -->` on a page becomes every console command of mbde_jax.cli.COMMANDS
-with its usage and a table of its flags (name, type, default, help), read from the absl flags themselves
-(mbde_jax.cli.command_reference), so the page cannot drift from what `--help` says.
+"""The CLI reference: `<!-- cli-reference -->` on a line of its own becomes every console command of
+mbde_jax.cli.COMMANDS with its usage and a table of its flags (name, type, default, help), read from the absl
+flags themselves (mbde_jax.cli.command_reference), so the page cannot drift from what `--help` says.
 """
 
 from __future__ import annotations
+
+import re
 
 from sphinx.util import logging
 
 import markdown_text
 from mbde_jax import cli
 
-MARKER = "<!-- cli-reference -->"
+MARKER = re.compile(r"^<!-- cli-reference -->$", re.MULTILINE)  # on a line of its own
 logger = logging.getLogger(__name__)
 
 
@@ -56,8 +58,8 @@ def cli_markdown(docname: str) -> str:
 
 
 def _source_read(app, docname: str, source: list[str]) -> None:
-    if MARKER in source[0]:
-        source[0] = source[0].replace(MARKER, cli_markdown(docname))
+    if MARKER.search(source[0]):
+        source[0] = MARKER.sub(lambda _: cli_markdown(docname), source[0])
 
 
 def setup(app):

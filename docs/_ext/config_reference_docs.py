@@ -1,4 +1,4 @@
-"""The config reference: `<!-- config-reference -->` on a page becomes every field of configs/default.py, by
+"""The config reference: `<!-- config-reference -->` on a line of its own becomes every field of configs/default.py, by
 section, with its default and the comment above it (mbde_jax.config_reference reads them), then which fields
 the other configs/*.py set. A field without a comment is a warning naming it, so the build fails on it.
 """
@@ -6,6 +6,7 @@ the other configs/*.py set. A field without a comment is a warning naming it, so
 from __future__ import annotations
 
 import pathlib
+import re
 
 from sphinx.util import logging
 
@@ -13,7 +14,7 @@ import markdown_text
 from mbde_jax import config_reference, config_utils
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
-MARKER = "<!-- config-reference -->"
+MARKER = re.compile(r"^<!-- config-reference -->$", re.MULTILINE)  # on a line of its own
 logger = logging.getLogger(__name__)
 
 
@@ -73,8 +74,8 @@ def config_markdown(docname: str) -> str:
 
 
 def _source_read(app, docname: str, source: list[str]) -> None:
-    if MARKER in source[0]:
-        source[0] = source[0].replace(MARKER, config_markdown(docname))
+    if MARKER.search(source[0]):
+        source[0] = MARKER.sub(lambda _: config_markdown(docname), source[0])
 
 
 def setup(app):
