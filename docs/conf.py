@@ -32,6 +32,8 @@ extensions = [
 ]
 
 source_suffix = {".md": "markdown"}
+# A docstring's indented block (a command, a layout, a table) is shown as written, not coloured as Python.
+highlight_language = "text"
 root_doc = "index"
 # Not pages: the build output and the extensions' code.
 exclude_patterns = ["_build", "_ext"]
@@ -46,7 +48,8 @@ nitpicky = True
 smartquotes = False
 nitpick_ignore_regex = [(r"py:.*", r"(?!mbde_jax\b).*")]
 
-autodoc_default_options = {"members": True, "show-inheritance": True}
+# A package's __all__ re-exports what its modules define: each object is shown once, in the module that defines it.
+autodoc_default_options = {"members": True, "show-inheritance": True, "ignore-module-all": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 # Only our own docstrings: a method we override without one does not show the library's (rST) text as ours.

@@ -8,12 +8,16 @@ modules" of the last area. An area no page shows is a warning (the build fails).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
+import inspect
 import pkgutil
 import re
+import sys
 
 from sphinx.util import logging
+from sphinx.util.inspect import stringify_signature
 
 import markdown_text
 
@@ -99,7 +103,38 @@ def _check_every_area_shown(app, env) -> None:
                        f"a page under docs/reference/api/")
 
 
+def _flax_fields(obj) -> set[str]:
+    """The dataclass fields of a Flax module class (its attributes, which its signature and docstring show)."""
+    try:
+        from flax import linen  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return set()
+    if isinstance(obj, type) and issubclass(obj, linen.Module):
+        return {field.name for field in dataclasses.fields(obj)}
+    return set()
+
+
+def _skip_flax_field(app, what, name, obj, skip, options):
+    """A Flax module's fields are its constructor's arguments: not listed again as attributes."""
+    if what != "class":
+        return None
+    document = app.env.current_document  # autodoc keeps there the class whose members it is listing
+    parent = getattr(sys.modules.get(document.autodoc_module or ""), document.autodoc_class or "", None)
+    return True if name in _flax_fields(parent) else None
+
+
+def _flax_signature(app, what, name, obj, options, signature, return_annotation):
+    """A Flax module's signature without `parent` and `name`, which Flax adds to every module."""
+    if what != "class" or not _flax_fields(obj):
+        return None
+    full = inspect.signature(obj)
+    kept = full.replace(parameters=[p for p in full.parameters.values() if p.name not in ("parent", "name")])
+    return stringify_signature(kept, show_return_annotation=False), return_annotation
+
+
 def setup(app):
     app.connect("source-read", _source_read)
+    app.connect("autodoc-skip-member", _skip_flax_field)
+    app.connect("autodoc-process-signature", _flax_signature)
     app.connect("env-check-consistency", _check_every_area_shown)
     return {"parallel_read_safe": False, "parallel_write_safe": True}
