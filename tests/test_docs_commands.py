@@ -69,9 +69,11 @@ def test_every_documented_command_names_flags_fields_and_files_that_exist(fields
                 problems += docs.static_problems(command, block.name, fields)
     inline = 0
     for document in docs.documents():
+        where = f"{document.relative_to(ROOT)} (inline)"
         for command in docs.inline_commands(document.read_text()):
             inline += 1
-            problems += docs.static_problems(command, f"{document.relative_to(ROOT)} (inline)", fields)
+            problems += docs.static_problems(command, where, fields)
+        problems += docs.prose_field_problems(document.read_text(), where, fields)
     assert problems == [], "\n".join(problems)
     assert inline >= 10
 
@@ -144,6 +146,9 @@ def test_each_static_check_catches_a_made_up_flag_field_file_and_path(fields):
     [looped] = problems("for i in 0 1; do python3 train.py --config configs/test.py --workdir w$i --proces_id=$i "
                         "> log.$i 2>&1 & done; wait")
     assert "`--proces_id` is not a flag of mbde-train" in looped
+    [prose_field] = docs.prose_field_problems("e.g. `--config.num_branch=5 --config.seed=1`, `--config.<field>`",
+                                              "made_up.md", fields)
+    assert "`--config.num_branch` is not a field" in prose_field
     [path] = problems("sbatch slurm/train2.sbatch")
     assert "the path slurm/train2.sbatch does not exist" in path
     assert docs.path_problems("see mbde_jax/experiment.resolve and tests/test_docs_commands.py", "x") == []

@@ -279,6 +279,13 @@ def field_problems(arguments: Sequence[str], where: str, fields: set[str]) -> li
     return problems
 
 
+def prose_field_problems(text: str, where: str, fields: set[str]) -> list[str]:
+    """Each `--config.<field>` the prose names (in any code span, command or not) that is no field."""
+    named = re.findall(r"--config\.([A-Za-z_][\w.]*\w)", " ".join(_INLINE_CODE.findall(prose(text))))
+    return [f"{where}: `--config.{field}` is not a field of configs/default.py's get_config()"
+            for field in sorted(set(named)) if field not in fields]
+
+
 def config_arguments(arguments: Sequence[str]) -> list[str]:
     """The values of --config (as `--config FILE` or `--config=FILE`)."""
     values = []
