@@ -18,6 +18,8 @@
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
@@ -25,3 +27,29 @@ _USER_ID = getattr(os, "getuid", lambda: 0)()  # one cache per user: a shared /t
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"mbde_jax_test_xla_cache_{_USER_ID}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: a test of tens of seconds or more (a training, a subprocess run, a SLURM job); the suite "
+                   "starts these first")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook, which reads the xdist_group marks it adds
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, so that the two workers of `pytest -n 2` end together instead of one running the
+    last long test while the other has nothing left. setup.cfg's `--dist loadgroup --no-loadscope-reorder`
+    hands the tests out one by one in this order, as a worker runs short. The tests of the SLURM cluster go to
+    one worker as one group, first: they take turns on the cluster (test_slurm.cluster), and in two workers one
+    would wait for the other. Otherwise the collected order is kept."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm_cluster"))
+            item.add_marker(pytest.mark.slow)
+
+    def rank(item):
+        if item.get_closest_marker("xdist_group"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items[:] = sorted(items, key=rank)

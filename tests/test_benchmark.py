@@ -77,6 +77,7 @@ def test_input_benchmark_runs(tmp_path, capsys, on_device):
     assert figures["examples"] == 64 and figures["device_count"] == 2 and figures["images_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_a_compile_read_from_the_persistent_cache_is_reported_as_such(tmp_path):
     """Run as a command twice over one persistent compilation cache: the second "compile" is a file read."""
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
@@ -135,6 +136,7 @@ def test_a_compared_xla_option_is_timed_beside_the_default(tmp_path, capsys):
                         "--compare_xla_option", "xla_cpu_scheduler_type=bogus"])
 
 
+@pytest.mark.slow
 def test_startup_benchmark_reports_each_piece_uncached_cached_and_resumed(tmp_path, capsys):
     out = tmp_path / "startup.json"
     result = benchmark.main(["startup", "--config", TEST_CONFIG, "--config.dataset=digits", "--json", str(out)])

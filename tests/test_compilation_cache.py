@@ -48,6 +48,7 @@ def two_runs(tmp_path_factory):
     return dict(cache=cache, base=base, env=env, entries=entries, **runs)
 
 
+@pytest.mark.slow
 def test_a_second_process_with_the_same_config_compiles_nothing(two_runs):
     after_first, after_second = two_runs["entries"]
     assert len(after_first) >= 3  # at least the initialisation, the train step and the eval step

@@ -16,6 +16,8 @@ from mbde_jax import checkpoint, config_validation, lifecycle, training
 from mbde_jax import workdir as run_files
 from mbde_jax.data import testing
 from test_train import NUM_EXAMPLES, ROOT, STEPS_PER_EPOCH, _config, _run_subprocess, _train
+from test_train import STRAIGHT_RUN as _SIGNAL_RUN
+from test_train import straight_run  # noqa: F401 (a fixture)
 
 
 def _leaves_equal(workdir_a: str, workdir_b: str) -> None:
@@ -31,20 +33,7 @@ def _read(workdir, name):
     return json.loads(pathlib.Path(workdir, name).read_text())
 
 
-_SIGNAL_RUN = {"method": "mbde", "checkpoint_every_minutes": 0}
-
-
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory) -> pathlib.Path:
-    """The folder of the uninterrupted run ('straight') that both signal tests compare against, and its mocked
-    data's metadata ('meta'): one subprocess for both tests."""
-    tmp_path = tmp_path_factory.mktemp("signals")
-    straight = _run_subprocess(dict(mode="train", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES,
-                                    overrides=_SIGNAL_RUN, workdir=str(tmp_path / "straight")), xla_devices=2)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    return tmp_path
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name, exit_code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_checkpoints_and_the_resumed_run_is_bit_identical(straight_run, tmp_path, signal_name, exit_code):
     common = dict(mode="train", metadata_dir=str(straight_run / "meta"), num_examples=NUM_EXAMPLES,
@@ -65,6 +54,7 @@ def test_a_signal_checkpoints_and_the_resumed_run_is_bit_identical(straight_run,
     _leaves_equal(str(straight), str(tmp_path / "stopped"))
 
 
+@pytest.mark.slow
 def test_a_second_signal_during_the_checkpoint_stops_at_once_in_one_line(tmp_path):
     args = dict(mode="train", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES,
                 workdir=str(tmp_path / "run"), overrides={"checkpoint_every_minutes": 0},
@@ -266,6 +256,7 @@ print("OUTCOMES " + json.dumps([run.outcome for run in runs]))
 """
 
 
+@pytest.mark.slow
 def test_a_resumed_sweep_run_keeps_the_device_split(tmp_path):
     # No XLA_FLAGS: the CPU is split by config.cpu_devices, as for a user, which only works before JAX starts.
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

@@ -21,9 +21,10 @@ import pytest
 
 from mbde_jax import distributed, tensorboard_scalars, training
 from test_train import NUM_EXAMPLES, ROOT, STEPS_PER_EPOCH
+from test_train import STRAIGHT_RUN as _RUN  # log_every_steps is 2 (configs/test.py)
+from test_train import straight_run  # noqa: F401 (a fixture)
 
 HEARTBEAT_S = 10
-_RUN = {"method": "mbde", "checkpoint_every_minutes": 0}  # log_every_steps is 2 (configs/test.py)
 
 
 def _free_port() -> int:
@@ -92,18 +93,19 @@ def _assert_close(history_a: list[dict], history_b: list[dict], rtol: float) -> 
                     np.testing.assert_allclose(value, entry_b[part][name], rtol=rtol, atol=1e-6, err_msg=name)
 
 
-def test_two_processes_equal_one_process_and_resume_exactly(tmp_path):
-    # 'single': one process with 2 devices; 'double': two processes with 1 device each (the same 2-device mesh);
-    # 'stopped': two processes stopped by a SIGTERM that only process 1 receives, then resumed. 'stopped' starts
-    # once 'double' is done, so that it finds its programs in the compilation cache.
-    first = {"single": _start(tmp_path, "single", 1, 2), "double": _start(tmp_path, "double", 2, 1)}
-    outcome = {name: _finish(processes) for name, processes in first.items()}
+@pytest.mark.slow
+def test_two_processes_equal_one_process_and_resume_exactly(tmp_path, straight_run):
+    # 'single': one process with 2 devices (test_train.straight_run, the same config);
+    # 'double': two processes with 1 device each (the same 2-device mesh); 'stopped': two processes stopped by a
+    # SIGTERM that only process 1 receives, then resumed. 'stopped' starts once 'double' is done, so that it
+    # finds its programs in the compilation cache.
+    single = straight_run / "straight"
+    outcome = {"double": _finish(_start(tmp_path, "double", 2, 1))}
     outcome["stopped"] = _finish(_start(tmp_path, "stopped", 2, 1,
                                         {1: {"signal_after_step": 3, "signals": ["SIGTERM"]}}))
     outcome["resumed"] = _finish(_start(tmp_path, "stopped", 2, 1))
-    for name in ("single", "double"):
-        for status, stderr, _ in outcome[name]:
-            assert status == 0, f"{name}: {stderr[-3000:]}"
+    for status, stderr, _ in outcome["double"]:
+        assert status == 0, f"double: {stderr[-3000:]}"
     for index, (status, stderr, _) in enumerate(outcome["stopped"]):
         assert status == 143, stderr[-3000:]
         # Processes agree at log steps (every 2): the signal after step 3 stops both after step 4.
@@ -113,12 +115,13 @@ def test_two_processes_equal_one_process_and_resume_exactly(tmp_path):
         assert status == 0, [process_stderr[-3000:] for _, process_stderr, _ in outcome["resumed"]]
         assert "resumed from step 4" in stderr
 
-    history = {name: _metrics(tmp_path / name) for name in ("single", "double", "stopped")}
+    workdirs = {"single": single, "double": tmp_path / "double", "stopped": tmp_path / "stopped"}
+    history = {name: _metrics(workdir) for name, workdir in workdirs.items()}
     assert history["single"][-1]["metrics"]["num_examples"] == NUM_EXAMPLES  # each test example once
     assert history["double"][-1]["metrics"]["num_examples"] == NUM_EXAMPLES
     _assert_close(history["single"], history["double"], rtol=1e-5)
     assert history["stopped"] == history["double"]
-    results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in history}
+    results = {name: json.loads((workdir / "results.json").read_text()) for name, workdir in workdirs.items()}
     assert results["double"]["steps"] == results["single"]["steps"] == 2 * STEPS_PER_EPOCH
     assert results["double"]["provenance"]["process_count"] == 2
     # Only process 0 writes files: one TensorBoard event file (and the layout), no temporary JSON left behind.
@@ -127,12 +130,13 @@ def test_two_processes_equal_one_process_and_resume_exactly(tmp_path):
     assert not list((tmp_path / "double").glob("*.tmp"))
 
     # The two-process checkpoints restore in this (single) process; they equal the single-process state.
-    states = [training.restore_latest(str(tmp_path / name))[1] for name in ("single", "double", "stopped")]
+    states = [training.restore_latest(str(workdir))[1] for workdir in workdirs.values()]
     for single, double, resumed in zip(*(jax.tree_util.tree_leaves(state) for state in states)):
         np.testing.assert_allclose(np.asarray(single), np.asarray(double), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(np.asarray(double), np.asarray(resumed))
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_other_with_one_line(tmp_path):
     killed = _start(tmp_path, "killed", 2, 1, {1: {"signal_after_step": 3, "signals": ["SIGKILL"]}})
     (status_0, stderr_0, exit_0), (status_1, _, exit_1) = _finish(killed)

@@ -47,6 +47,7 @@ def _stop_after_step(monkeypatch, step_to_stop: int) -> None:
     monkeypatch.setattr(seed_group.SeedGroup, "train_step", step_then_signal)
 
 
+@pytest.mark.slow
 def test_seeds_trained_together_equal_their_separate_runs_and_resume(tmp_path, monkeypatch):
     group_root = tmp_path / "group"
     with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):

@@ -6,7 +6,6 @@ reports on: `built_sweep` builds it once per test session, whichever module asks
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import pathlib
@@ -18,6 +17,7 @@ import pytest
 
 from mbde_jax import config_utils, sweep, training
 from mbde_jax.data import testing, train_input
+from helpers import dropout_backbone, shared_build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_EXAMPLES = 64  # mocked examples per split: 8 steps of batch 8 per epoch
@@ -61,23 +61,15 @@ def _sweep(root, metadata_dir, methods=METHODS, seeds=SEEDS):
 
 
 def built_sweep(tmp_path_factory) -> dict:
-    """Builds the test sweep once per session and returns {'root', 'outcomes', 'trained'}.
+    """Builds the test sweep once per session (helpers.shared_build) and returns {'root', 'outcomes',
+    'trained'}."""
+    def build(directory):
+        runs, trained = _sweep(directory / "root", directory / "meta")
+        (directory / "built.json").write_text(json.dumps({
+            "root": str(directory / "root"), "trained": trained,
+            "outcomes": {run.workdir: run.outcome for run in runs}}))
 
-    Under pytest-xdist each worker has its own basetemp inside one directory of the session; the sweep is built
-    there by the first worker that asks, under a file lock, and the others wait and reuse it.
-    """
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    with open(shared / "test_sweep.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        record = shared / "test_sweep" / "built.json"
-        if not record.exists():
-            root = shared / "test_sweep" / "root"
-            runs, trained = _sweep(root, shared / "test_sweep" / "meta")
-            record.write_text(json.dumps({
-                "root": str(root), "trained": trained,
-                "outcomes": {run.workdir: run.outcome for run in runs}}))
-        return json.loads(record.read_text())
+    return json.loads((shared_build.build_once(tmp_path_factory, "test_sweep", build) / "built.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +77,7 @@ def swept(tmp_path_factory):
     return built_sweep(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_every_method_and_seed_trains_in_its_own_workdir(swept):
     root = swept["root"]
     expected = [os.path.join(root, method, f"seed_{seed}") for method in METHODS for seed in SEEDS]
@@ -154,15 +147,18 @@ def test_the_dry_run_of_the_command_line_plans_without_training(swept):
     assert not pathlib.Path(swept["root"], "one", "seed_2").exists()
 
 
+@pytest.mark.slow
 def test_seeds_of_one_config_share_one_compiled_init_train_and_eval_step(tmp_path, monkeypatch):
-    """VGG-16 has dropout, whose key comes from the seed: with the seed a constant, each seed compiled its own
+    """A model with dropout, whose key comes from the seed: with the seed a constant, each seed compiled its own
     init and train step."""
     from mbde_jax import trainer
 
     monkeypatch.setattr(trainer, "_COMPILED_STEPS", type(trainer._COMPILED_STEPS)())  # nothing from other tests
     config = _config()
-    config.arch, config.num_epochs, config.lr_boundaries_epochs, config.rampup_epochs = "vgg16", 1, (), 1
-    with testing.mocked_dataset("cifar10", num_examples=16, metadata_dir=str(tmp_path / "meta")):
+    config.num_epochs, config.lr_boundaries_epochs, config.rampup_epochs = 1, (), 1
+    with dropout_backbone.registered() as arch, \
+            testing.mocked_dataset("cifar10", num_examples=16, metadata_dir=str(tmp_path / "meta")):
+        config.arch = arch
         runs = sweep.run_sweep(config, ["okddip"], [0, 1], str(tmp_path / "sweep"))
     first, second = runs
     assert [first.outcome, second.outcome] == ["trained", "trained"]

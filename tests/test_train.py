@@ -21,6 +21,7 @@ from mbde_jax.data import eval_input, testing
 from mbde_jax.models import initializers
 from mbde_jax.evaluate import evaluate_workdir, format_metrics
 from mbde_jax.export import export_deployed, load_deployed
+from helpers import dropout_backbone, shared_build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_EXAMPLES = 64  # mocked examples per split: 8 steps of batch 8 per epoch
@@ -45,6 +46,23 @@ def _run_subprocess(args: dict, xla_devices: int) -> str:
     completed = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "run_training.py"),
                                 json.dumps(args)], env=env, capture_output=True, text=True, timeout=600)
     return completed
+
+
+STRAIGHT_RUN = {"method": "mbde", "checkpoint_every_minutes": 0}  # checkpoints at the epoch ends only
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> pathlib.Path:
+    """The folder of an uninterrupted run of STRAIGHT_RUN in a subprocess with two devices ('straight'), and its
+    mocked data's metadata ('meta'): what the resume tests here and in test_fault_tolerance and the two-process
+    test of test_multiprocess compare against, trained once for the session."""
+    def build(directory):
+        straight = _run_subprocess(dict(mode="train", metadata_dir=str(directory / "meta"),
+                                        num_examples=NUM_EXAMPLES, overrides=STRAIGHT_RUN,
+                                        workdir=str(directory / "straight")), xla_devices=2)
+        assert straight.returncode == 0, straight.stderr[-3000:]
+
+    return shared_build.build_once(tmp_path_factory, "straight_run", build)
 
 
 @pytest.mark.parametrize("method", list(methods.METHODS))
@@ -127,11 +145,13 @@ def test_exported_leader_reproduces_the_leader_accuracy(finished_run, tmp_path):
     assert 100.0 * correct / total == pytest.approx(results["final"]["metrics"]["top1/leader"], abs=1e-6)
 
 
-def test_resume_after_a_kill_is_bit_identical(tmp_path):
+@pytest.mark.slow
+def test_resume_after_a_kill_is_bit_identical(tmp_path, straight_run):
+    # Against the uninterrupted run, which checkpointed at the epoch ends only: how often a run checkpoints
+    # changes none of its numbers.
     common = dict(mode="train", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES,
-                  overrides={"method": "mbde", "checkpoint_every_steps": 3})
-    uninterrupted = _run_subprocess(dict(common, workdir=str(tmp_path / "straight")), xla_devices=2)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+                  overrides=dict(STRAIGHT_RUN, checkpoint_every_steps=3))
+    workdirs = {"straight": straight_run / "straight", "resumed": tmp_path / "resumed"}
     killed = _run_subprocess(dict(common, workdir=str(tmp_path / "resumed"), kill_after_checkpoint_step=12),
                              xla_devices=2)
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, mid-epoch 2 (8 steps per epoch)
@@ -141,15 +161,14 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path):
     assert "resumed from step 12" in resumed.stderr
 
     final = {}
-    for name in ("straight", "resumed"):
-        workdir = str(tmp_path / name)
+    for name, workdir in workdirs.items():
         results = json.loads(pathlib.Path(workdir, "results.json").read_text())
-        _, state, _ = training.restore_latest(workdir)
+        _, state, _ = training.restore_latest(str(workdir))
         final[name] = (results, state, json.loads(pathlib.Path(workdir, "history.json").read_text()))
     (results_a, state_a, history_a), (results_b, state_b, history_b) = final["straight"], final["resumed"]
     assert results_a["final"] == results_b["final"] and results_a["best"] == results_b["best"]
     assert history_a == history_b
-    csv_a = pathlib.Path(tmp_path, "straight", "metrics.csv").read_text()
+    csv_a = pathlib.Path(workdirs["straight"], "metrics.csv").read_text()
     assert pathlib.Path(tmp_path, "resumed", "metrics.csv").read_text() == csv_a
     assert [line.split(",")[0] for line in csv_a.splitlines()] == ["epoch", "1", "2"]
 
@@ -171,6 +190,7 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_loss_trajectory_does_not_depend_on_the_device_count(tmp_path):
     args = dict(mode="losses", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES, steps=6,
                 overrides={"method": "mbde"})
@@ -301,34 +321,39 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     after.close()
 
 
+@pytest.mark.slow
 def test_the_seed_as_an_argument_gives_what_the_seed_as_a_constant_gave(tmp_path):
     """The compiled init and train step take the seed as an argument; their results equal the same functions
     compiled with the seed folded in as a Python constant (what every earlier run was made with)."""
-    for seed in (0, 7):
-        config = _config(arch="vgg16", seed=seed)  # dropout: the train step draws from the seed's key
-        resolved = experiment.resolve(config)
-        trainer = training.Trainer(resolved, steps_per_epoch=STEPS_PER_EPOCH)
-        model, optimizer, shape = resolved.model, resolved.optimizer, resolved.dataset.image_shape
-        replicated = sharding.replicated_sharding(resolved.mesh)
-        batched = sharding.batch_sharding(resolved.mesh)
-        description = trainer_lib.describe_variables(model, shape)
-        # The draws with the seed as a constant, assembled on the host as the Trainer assembles them (XLA may
-        # fuse the scaling into the draw's program and round the products differently: models.initializers).
-        constant_draws = jax.jit(lambda: trainer_lib.initial_draws(description[1], seed))()
-        variables = initializers.assemble(*description, {k: np.asarray(v) for k, v in constant_draws.items()})
-        constant_init = jax.jit(lambda v: trainer_lib.create_train_state(v["params"], v.get("batch_stats", {}),
-                                                                        tx=optimizer), out_shardings=replicated)
-        state, reference = trainer.init_state(), constant_init(variables)
-        for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(reference)):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        rng = np.random.default_rng(seed)
-        batch = {"image": jnp.asarray(rng.normal(size=(8, *shape)), jnp.float32),
-                 "label": jnp.asarray(rng.integers(0, 10, size=8), jnp.int32)}
-        constant_step = jax.jit(lambda s, b: training.train_step(s, b, seed, experiment=resolved,
-                                                                 steps_per_epoch=STEPS_PER_EPOCH),
-                                in_shardings=(replicated, batched), out_shardings=(replicated, replicated))
-        expected_state, expected_metrics = constant_step(reference, batch)
-        new_state, metrics = trainer.train_step(state, batch)
-        assert float(metrics["loss"]) == float(expected_metrics["loss"])
-        for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(expected_state)):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with dropout_backbone.registered() as arch:  # dropout: the train step draws from the seed's key
+        for seed in (0, 7):
+            _assert_seed_as_argument_equals_seed_as_constant(_config(arch=arch, seed=seed), seed)
+
+
+def _assert_seed_as_argument_equals_seed_as_constant(config, seed):
+    resolved = experiment.resolve(config)
+    trainer = training.Trainer(resolved, steps_per_epoch=STEPS_PER_EPOCH)
+    model, optimizer, shape = resolved.model, resolved.optimizer, resolved.dataset.image_shape
+    replicated = sharding.replicated_sharding(resolved.mesh)
+    batched = sharding.batch_sharding(resolved.mesh)
+    description = trainer_lib.describe_variables(model, shape)
+    # The draws with the seed as a constant, assembled on the host as the Trainer assembles them (XLA may
+    # fuse the scaling into the draw's program and round the products differently: models.initializers).
+    constant_draws = jax.jit(lambda: trainer_lib.initial_draws(description[1], seed))()
+    variables = initializers.assemble(*description, {k: np.asarray(v) for k, v in constant_draws.items()})
+    constant_init = jax.jit(lambda v: trainer_lib.create_train_state(v["params"], v.get("batch_stats", {}),
+                                                                    tx=optimizer), out_shardings=replicated)
+    state, reference = trainer.init_state(), constant_init(variables)
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(reference)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rng = np.random.default_rng(seed)
+    batch = {"image": jnp.asarray(rng.normal(size=(8, *shape)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 10, size=8), jnp.int32)}
+    constant_step = jax.jit(lambda s, b: training.train_step(s, b, seed, experiment=resolved,
+                                                             steps_per_epoch=STEPS_PER_EPOCH),
+                            in_shardings=(replicated, batched), out_shardings=(replicated, replicated))
+    expected_state, expected_metrics = constant_step(reference, batch)
+    new_state, metrics = trainer.train_step(state, batch)
+    assert float(metrics["loss"]) == float(expected_metrics["loss"])
+    for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(expected_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
