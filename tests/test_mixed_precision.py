@@ -25,7 +25,10 @@ def _config(**overrides):
 
 
 def _variables(model):
-    return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, IMAGES[:1], train=False)
+    # Compiled as one program, as everything below: op by op, XLA's CPU compiler builds a program per operation
+    # (bfloat16 ones included), which took minutes in all.
+    return jax.jit(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, IMAGES[:1],
+                                      train=False))()
 
 
 def _loss_fn(config):
@@ -69,7 +72,7 @@ def test_bfloat16_keeps_parameters_statistics_logits_and_loss_in_float32():
     loss, variables = _loss_fn(_config(compute_dtype="bfloat16"))
     for leaf in jax.tree.leaves(variables):
         assert leaf.dtype == jnp.float32
-    (value, (outputs, batch_stats)), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    (value, (outputs, batch_stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
     assert value.dtype == jnp.float32 and np.isfinite(value)
     assert outputs.logits.dtype == outputs.peer_targets.dtype == jnp.float32
     for leaf in jax.tree.leaves(batch_stats) + jax.tree.leaves(grads):
@@ -80,7 +83,7 @@ def test_bfloat16_loss_is_close_to_float32():
     value32 = _loss_fn(_config())[0]
     value16 = _loss_fn(_config(compute_dtype="bfloat16"))[0]
     params = _variables(experiment.resolve(_config()).model)["params"]
-    np.testing.assert_allclose(value16(params)[0], value32(params)[0], rtol=2e-2)
+    np.testing.assert_allclose(jax.jit(value16)(params)[0], jax.jit(value32)(params)[0], rtol=2e-2)
 
 
 def test_float32_is_the_default_and_unchanged():

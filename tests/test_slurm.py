@@ -19,6 +19,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -176,7 +177,14 @@ def test_an_array_sweep_equals_the_sequential_one_and_a_signalled_task_resumes_e
     _wait_until(lambda: "first step done" in _text(log_0), what="task 0's first step")
     _signal_batch(f"{job}_0", "USR1", log_0, env)
     _wait_until(lambda: "first step done" in _text(log_1), what="task 1's first step")
-    running = _run(status_args, env).stdout
+    # Task 1 is paused while the status is taken: on a loaded machine the status command's start-up can
+    # outlast the rest of its 180 steps, and the run would show as done.
+    task_1 = json.loads((root / "mbde" / "seed_1" / "sweep_worker.json").read_text())["pid"]
+    os.kill(task_1, signal.SIGSTOP)
+    try:
+        running = _run(status_args, env).stdout
+    finally:
+        os.kill(task_1, signal.SIGCONT)
     assert re.search(r"mbde +seed 1 +running +step \d+ of 180 .*shard 1/4.*RUNNING.*log: " + re.escape(str(log_1)),
                      running), running
     _wait_until(lambda: _job_field(f"{job}_0", "Restarts") == "1" and
@@ -336,8 +344,6 @@ def test_the_array_script_asks_for_the_resources_the_signal_and_a_log_per_task(t
 
 
 def test_only_the_time_limit_warning_of_a_slurm_job_requeues():
-    import signal
-
     from mbde_jax import slurm
 
     job = {"SLURM_JOB_ID": "9", "SLURM_PROCID": "0"}
