@@ -1,6 +1,6 @@
 """Console logging that shows this project's progress, not every library's internals.
 
-  * INFO records of orbax, tfds, jax internals and etils are dropped (warnings and errors are kept);
+  * INFO records of orbax, tfds, jax internals, etils and matplotlib (its font cache) are dropped (warnings and errors are kept);
   * our lines are short: level letter, time, message (absl's thread id and file:line are for debugging);
   * TensorFlow's start-up banner (absl's pre-init notice, the oneDNN and CPU-feature notes), which its C++
     code writes straight to file descriptor 2 while it is imported, is filtered out of that import's output;
@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from absl import logging
 
 # Libraries whose INFO lines (one per checkpoint file, per tf.data reader, ...) drown the training log.
-_QUIET_PATHS = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/etils/")
+_QUIET_PATHS = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/etils/", "/matplotlib/")
 # Lines TensorFlow's C++ code prints while it is imported, whatever TF_CPP_MIN_LOG_LEVEL says.
 TENSORFLOW_BANNER = ("All log messages before absl::InitializeLog() is called are written to STDERR",
                       "oneDNN custom operations are on", "cpu_feature_guard.cc",

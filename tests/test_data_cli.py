@@ -44,6 +44,8 @@ def test_prepare_digits_prints_where_and_how_big(tmp_path, capsys):
     assert f"is prepared in {tmp_path}/sklearn_digits/1.0.0" in out
     assert re.search(r"[\d.]+ (KiB|MiB) on disk", out)
     assert "train: 1,442 examples" in out and "test: 355 examples" in out
+    # tfds's own "Downloading and preparing dataset Unknown size ..." lines would only repeat ours: no download.
+    assert "Downloading and preparing" not in out and "Subsequent calls" not in out, out
     # Preparing again reuses it.
     assert data_cli.main(["prepare", "digits", "--data_dir", str(tmp_path)]) == 0
 

@@ -8,7 +8,9 @@ which directory was searched, and what command or manual step fixes it. A prepar
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import logging
 import os
 import re
@@ -164,9 +166,14 @@ def _prepare_here(dataset: str, builder: tfds.core.DatasetBuilder, data_dir: str
         if reason is not None:
             raise DatasetUnavailableError(_unavailable_message(dataset, builder, data_dir, manual_dir, reason))
     logging.info("Preparing %s in %s", dataset, builder.data_dir)
-    # try_download_gcs=False: fetch from the original source only, the host just probed.
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir, try_download_gcs=False))
+    # tfds prints "Downloading and preparing dataset Unknown size ..." and "... Subsequent calls will reuse this
+    # data." to stdout; for a preparation without a download (digits, CINIC-10 from its manual archive) they
+    # only repeat our line above. A download keeps them: they say what is being fetched.
+    quiet = contextlib.redirect_stdout(io.StringIO()) if url is None else contextlib.nullcontext()
+    with quiet:
+        # try_download_gcs=False: fetch from the original source only, the host just probed.
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir, try_download_gcs=False))
     return builder
 
 
