@@ -35,21 +35,30 @@ def pytest_configure(config):
                    "starts these first")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook, which reads the xdist_group marks it adds
+# Module fixtures that train or start processes: the tests using one go to one worker, which builds it once.
+_COSTLY_MODULE_FIXTURES = ("finished_run", "two_epoch_run", "two_runs", "recorded_run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(config, items):
     """The slow tests first, so that the two workers of `pytest -n 2` end together instead of one running the
     last long test while the other has nothing left. setup.cfg's `--dist loadgroup --no-loadscope-reorder`
-    hands the tests out one by one in this order, as a worker runs short. The tests of the SLURM cluster go to
-    one worker as one group, first: they take turns on the cluster (test_slurm.cluster), and in two workers one
-    would wait for the other. Otherwise the collected order is kept."""
+    hands the tests out one by one in this order, as a worker runs short, and the tests of one xdist_group as
+    one unit to one worker. The SLURM cluster's tests are one group, the very first: they take turns on the
+    cluster (test_slurm.cluster), and in two workers one would wait for the other. The tests sharing a costly
+    module fixture are a group each, next to the slow tests. Otherwise the collected order is kept."""
     for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "cluster" in fixtures:
             item.add_marker(pytest.mark.xdist_group("slurm_cluster"))
-            item.add_marker(pytest.mark.slow)
+        for name in _COSTLY_MODULE_FIXTURES:
+            if name in fixtures:
+                item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
 
     def rank(item):
-        if item.get_closest_marker("xdist_group"):
+        group = item.get_closest_marker("xdist_group")
+        if group and group.args[0] == "slurm_cluster":
             return 0
-        return 1 if item.get_closest_marker("slow") else 2
+        return 1 if group or item.get_closest_marker("slow") else 2
 
     items[:] = sorted(items, key=rank)
