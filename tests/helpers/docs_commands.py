@@ -316,11 +316,17 @@ def config_file_problems(arguments: Sequence[str], where: str, root: pathlib.Pat
     return problems
 
 
+# The documentation build's output (.ci/docs, docs/reference/building.md), listed in .gitignore.
+BUILD_OUTPUT = "docs/_build/"
+
+
 def path_problems(text: str, where: str, root: pathlib.Path = ROOT) -> list[str]:
     """Each repository path (configs/..., slurm/..., docs/...) named in `text` that does not exist; a path ending
     in a module's attribute (mbde_jax/experiment.resolve) counts as its module file."""
     problems = []
     for path in sorted(set(_REPO_PATH.findall(text))):
+        if path.startswith(BUILD_OUTPUT):
+            continue  # what the documented build command writes (git ignores it): absent from a fresh clone
         candidates = [path, path + ".py", re.sub(r"\.\w+$", ".py", path)]
         if not any((root / candidate).exists() for candidate in candidates):
             problems.append(f"{where}: the path {path} does not exist in the repository")
