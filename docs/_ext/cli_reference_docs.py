@@ -57,11 +57,5 @@ def cli_markdown(docname: str) -> str:
     return "\n".join(parts)
 
 
-def _source_read(app, docname: str, source: list[str]) -> None:
-    if MARKER.search(source[0]):
-        source[0] = MARKER.sub(lambda _: cli_markdown(docname), source[0])
-
-
 def setup(app):
-    app.connect("source-read", _source_read)
-    return {"parallel_read_safe": True, "parallel_write_safe": True}
+    return markdown_text.generate_at_marker(app, MARKER, cli_markdown)

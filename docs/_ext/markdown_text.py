@@ -41,3 +41,14 @@ def fenced(value: str, language: str = "text", css_class: str = "") -> str:
     if css_class:
         return f"{fence}{{code-block}} {language}\n:class: {css_class}\n\n{value.rstrip()}\n{fence}"
     return f"{fence}{language}\n{value.rstrip()}\n{fence}"
+
+
+def generate_at_marker(app, marker: re.Pattern, render) -> dict:
+    """Sphinx set-up of a generated page: when a page whose source holds `marker` is read, the marker is replaced
+    by render(docname) (Markdown). Returns the extension's metadata."""
+    def source_read(_app, docname: str, source: list[str]) -> None:
+        if marker.search(source[0]):
+            source[0] = marker.sub(lambda _: render(docname), source[0])
+
+    app.connect("source-read", source_read)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
