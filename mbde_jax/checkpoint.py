@@ -40,23 +40,39 @@ _PENDING_TASKS_TIMEOUT_SECONDS = 10.0
 
 
 class _LoopClosedAfterItsTasks(asyncio.SelectorEventLoop):
-    """An event loop whose close() first lets the tasks still pending on it end.
+    """An event loop whose close() first lets the tasks still pending on it end, and retrieves the errors of all
+    the tasks it ran.
 
     orbax runs every save and restore on a fresh event loop (asyncio_utils.run_sync) and closes it when the
     asyncio.gather of its tensorstore reads or writes returns, which it does at the first failure. The other reads
     are still in flight in tensorstore's threads; each that finishes then calls call_soon_threadsafe on the closed
     loop, and tensorstore prints that "RuntimeError: Event loop is closed" with a traceback: hundreds of them for
     one damaged checkpoint or one full disk. Letting them end before the loop closes ends them.
+
+    A write that fails in the same loop iteration as the one that stopped the loop is done, but the gather's
+    callback that would have retrieved its error never runs; asyncio then logs "Task exception was never
+    retrieved" with a traceback when the task is collected. Every task's error is the one the caller already has
+    (the first to fail), so close() retrieves them all.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tasks_run: list[asyncio.Task] = []
+
+    def create_task(self, coro, **kwargs) -> asyncio.Task:
+        task = super().create_task(coro, **kwargs)
+        self._tasks_run.append(task)
+        return task
 
     def close(self) -> None:
         if not self.is_closed() and not self.is_running():
             pending = asyncio.all_tasks(self)
             if pending:
-                done, _ = self.run_until_complete(asyncio.wait(pending, timeout=_PENDING_TASKS_TIMEOUT_SECONDS))
-                for task in done:  # their errors are the one the caller already has: retrieved, not reported
-                    if not task.cancelled():
-                        task.exception()
+                self.run_until_complete(asyncio.wait(pending, timeout=_PENDING_TASKS_TIMEOUT_SECONDS))
+            for task in {*self._tasks_run, *pending}:
+                if task.done() and not task.cancelled():
+                    task.exception()  # marks it retrieved
+            self._tasks_run.clear()
         super().close()
 
 
