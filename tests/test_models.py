@@ -45,8 +45,10 @@ def _init(model, images=IMAGES):
 
 @functools.lru_cache(maxsize=None)
 def _cached_init(model):
-    """Initialisation is the slowest part of these tests; the with/without-jit variants share it."""
-    return _init(model)
+    """The output-shape tests' variables: initialised once per model for the with/without-jit variants, and
+    compiled, since op-by-op initialisation compiles each of the network's hundreds of ops on its own (a
+    DenseNet-40 takes four times as long that way)."""
+    return jax.jit(lambda: _init(model))()
 
 
 def _count(tree):
