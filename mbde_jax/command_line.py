@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from mbde_jax import cli_errors, logs
+from mbde_jax import workdir as run_files
 
 Flags = flags.FlagValues
 # A tool's flag definitions: defines them on the given FlagValues, returns the holders it reads them through.
@@ -101,7 +102,9 @@ def no_positional(tool: str, positional: list[str]) -> None:
 
 def workdir_tool(tool: str, invocation: str, doc: str, extra: Callable[[Flags], dict]):
     """(reference, parse) of a tool that reads a training workdir: the required --workdir plus `extra`'s flags,
-    no positional arguments. parse(argv) returns {name: value} once JAX's set-up (before_jax) is done."""
+    no positional arguments. parse(argv) returns {name: value} once JAX's set-up (before_jax) is done; a
+    --workdir that holds no readable config.json is one line before that, without the seconds TensorFlow's
+    import takes."""
     def define(fv: Flags) -> dict:
         holders = {"workdir": flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and "
                                                   "checkpoints/).", flag_values=fv), **extra(fv)}
@@ -114,6 +117,8 @@ def workdir_tool(tool: str, invocation: str, doc: str, extra: Callable[[Flags], 
     def parse_values(argv: Sequence[str]) -> dict:
         holders, positional = parse(tool, doc, argv, define)
         no_positional(tool, positional)
+        with cli_errors.one_line_errors(tool):
+            run_files.load_config(holders["workdir"].value)
         before_jax()
         return {name: holder.value for name, holder in holders.items()}
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import ml_collections
 
 from mbde_jax import losses, methods
+from mbde_jax import workdir as run_files
 from mbde_jax.data import info as dataset_info
 from mbde_jax.models import BACKBONES
 
@@ -152,3 +153,13 @@ def _check_branch_count(method: methods.Method, requested: int) -> None:
                 if method.has_leader else f"at least {method.min_branches} branches")
         raise ConfigError(f"config.num_branches: method {method.name!r} needs {need}, i.e. num_branches >= "
                           f"{method.min_branches}; got {requested}.")
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates `workdir` and checks this process can write there (run_files.prepare); ConfigError, naming
+    the directory and what to do, when it cannot."""
+    try:
+        run_files.prepare(workdir)
+    except OSError as error:
+        raise ConfigError(f"--workdir {workdir}: cannot be used ({error.strerror or error}); give a directory this "
+                          f"user can create and write.") from None

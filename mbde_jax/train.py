@@ -42,6 +42,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = command_line.program_argv(argv)
     (config, workdir, allow, launch), positional = command_line.parse(TOOL, USAGE, argv, define(argv))
     command_line.no_positional(TOOL, positional)
+    with cli_errors.one_line_errors(TOOL):
+        # A config or workdir that cannot run is one line before TensorFlow's import (seconds): validation
+        # imports JAX's modules but starts none of its backends, which distributed.initialize must precede.
+        from mbde_jax import config_validation  # pylint: disable=import-outside-toplevel
+
+        config_validation.validate(config.value)
+        config_validation.prepare_workdir(workdir.value)
     command_line.before_jax()
     from mbde_jax import lifecycle  # pylint: disable=import-outside-toplevel
 

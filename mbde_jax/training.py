@@ -103,12 +103,7 @@ def run_experiments(experiments: Sequence[Experiment], workdirs: Sequence[str], 
     """
     logs.quiet_library_info_logs()
     for workdir in workdirs:
-        try:
-            run_files.prepare(workdir)
-        except OSError as error:
-            raise config_validation.ConfigError(
-                f"--workdir {workdir}: cannot be used ({error.strerror or error}); give a directory this user can "
-                f"create and write.") from None
+        config_validation.prepare_workdir(workdir)
     with contextlib.ExitStack() as stack:
         if jax.process_index() == 0:
             for workdir in workdirs:
