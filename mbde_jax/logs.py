@@ -4,13 +4,17 @@
   * our lines are short: level letter, time, message (absl's thread id and file:line are for debugging);
   * TensorFlow's start-up banner (absl's pre-init notice, the oneDNN and CPU-feature notes), which its C++
     code writes straight to file descriptor 2 while it is imported, is filtered out of that import's output;
-    every other line of it is passed on. TF_CPP_MIN_LOG_LEVEL defaults to 1 (TensorFlow's C++ INFO off).
+    every other line of it is passed on. TF_CPP_MIN_LOG_LEVEL defaults to 1 (TensorFlow's C++ INFO off);
+  * that import leaves Keras to load when tf.keras is first used: TensorFlow imports Keras eagerly (and Keras
+    scikit-learn, for its wrappers), which is about 40% of the import, and only tf.data is used here.
 MBDE_DEBUG=1 keeps everything as the libraries write it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
 import logging as std_logging
 import os
 import sys
@@ -114,13 +118,42 @@ def filtered_stderr(dropped: Sequence[str] = TENSORFLOW_BANNER) -> Iterator[None
                 sys.stderr.flush()
 
 
+class _KerasDeferred(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """While installed, an import of the `keras` package fails (ImportError), though it is found where it is.
+
+    TensorFlow's import loads keras.src.optimizers in a `try ... except ImportError` and otherwise reaches
+    Keras only through lazy loaders, which need the package's location, not the package; so tf.keras still
+    imports Keras, on its first use, once this finder is removed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None:
+            spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise ImportError("Keras is loaded on tf.keras's first use, not with TensorFlow (mbde_jax.logs)")
+
+
 def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow (if installed) with its start-up banner filtered out of file descriptor 2."""
+    """Imports TensorFlow (if installed) with its start-up banner filtered out of file descriptor 2, and
+    without Keras unless something imported it already."""
     if "tensorflow" in sys.modules or _debugging():
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    keras_deferred = _KerasDeferred()
+    if "keras" not in sys.modules:
+        sys.meta_path.insert(0, keras_deferred)
     with filtered_stderr():
         try:
             import tensorflow  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
         except ImportError:
             pass  # the extra is not installed: whoever needs it says so when it imports it
+        finally:
+            if keras_deferred in sys.meta_path:
+                sys.meta_path.remove(keras_deferred)

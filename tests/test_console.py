@@ -27,6 +27,23 @@ def test_filtered_stderr_drops_the_tensorflow_banner_and_keeps_every_other_line(
     assert capfd.readouterr().err == "a warning of the library that must stay\nand a second one\n"
 
 
+def test_tensorflow_is_imported_without_keras_and_tf_keras_still_loads_it():
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from mbde_jax import logs
+        logs.import_tensorflow_quietly()
+        import tensorflow as tf
+        print(sorted(name for name in ("keras", "sklearn") if name in sys.modules))
+        print([int(v) for v in tf.data.Dataset.range(3).map(lambda v: v * 2).as_numpy_iterator()])
+        print(tf.keras.layers.Dense(2)(tf.ones((1, 3))).shape, "keras" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, MBDE_DEBUG=""))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "[0, 2, 4]", "(1, 2) True"]
+
+
 def test_train_console_is_our_lines_only_and_ends_with_the_summary(tmp_path):
     workdir = tmp_path / "run"
     script = textwrap.dedent(f"""
