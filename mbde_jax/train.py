@@ -43,10 +43,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     (config, workdir, allow, launch), positional = command_line.parse(TOOL, USAGE, argv, define(argv))
     command_line.no_positional(TOOL, positional)
     with cli_errors.one_line_errors(TOOL):
-        # A config or workdir that cannot run is one line before TensorFlow's import (seconds): validation
-        # imports JAX's modules but starts none of its backends, which distributed.initialize must precede.
+        # Launch flags, config or workdir that cannot run are one line before TensorFlow's import (seconds), and
+        # in that order, so that a refused launch creates no workdir. Validation imports JAX's modules but starts
+        # none of its backends, which distributed.initialize must precede.
         from mbde_jax import config_validation  # pylint: disable=import-outside-toplevel
 
+        launch_settings = launch()
         config_validation.validate(config.value)
         config_validation.prepare_workdir(workdir.value)
     command_line.before_jax()
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         # What the user must change is in the message; a traceback would only bury it (MBDE_DEBUG=1 shows it).
         with cli_errors.one_line_errors(TOOL):
-            distributed.initialize(launch())  # before anything starts JAX's backends
+            distributed.initialize(launch_settings)  # before anything starts JAX's backends
             from mbde_jax import training  # pylint: disable=import-outside-toplevel
 
             training.train_and_evaluate(config.value, workdir.value, allow_config_change=allow.value)
