@@ -19,6 +19,8 @@ import logging as std_logging
 import os
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from absl import logging
@@ -77,23 +79,49 @@ class _HeldRecords(std_logging.Filter):
         return True
 
 
+# How long the records of a failed block's threads are still dropped after it raised: bounded, so that a thread
+# that never ends (a pool's idle worker) cannot keep the filter for the rest of the process.
+LATE_RECORDS_S = 60.0
+
+
 @contextlib.contextmanager
-def library_records_held(path: str) -> Iterator[None]:
+def library_records_held(path: str, late_records_s: float = LATE_RECORDS_S) -> Iterator[None]:
     """Holds the log records of the library whose files lie under `path` (e.g. "/orbax/") while the block runs:
     they are passed on when it ends normally and dropped when it raises, since the error raised names the
-    failure they report (a traceback each) in one line. MBDE_DEBUG=1 holds nothing."""
+    failure they report (a traceback each) in one line. MBDE_DEBUG=1 holds nothing.
+
+    When the block raises, the threads it started that are still running (orbax's other writers: the first
+    writer's error reaches the caller while the others are still failing) go on being dropped until they end,
+    or for `late_records_s` at most."""
     if _debugging():
         yield
         return
     held = _HeldRecords(path)
     logger = logging.get_absl_logger()  # absl's logging module writes every record through this logger
     logger.addFilter(held)
+    threads_before = set(threading.enumerate())
     try:
         yield
-    finally:
-        logger.removeFilter(held)
-    for record in held.records:  # not reached when the block raised
+    except BaseException:
+        still_running = [thread for thread in threading.enumerate()
+                         if thread not in threads_before and thread.is_alive()]
+        if still_running:
+            threading.Thread(target=_remove_filter_after, args=(logger, held, still_running, late_records_s),
+                             name="library_records_held", daemon=True).start()
+        else:
+            logger.removeFilter(held)
+        raise
+    logger.removeFilter(held)
+    for record in held.records:
         logger.handle(record)
+
+
+def _remove_filter_after(logger: std_logging.Logger, held: _HeldRecords, threads: list[threading.Thread],
+                         timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    logger.removeFilter(held)
 
 
 @contextlib.contextmanager

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+
+import pytest
+from absl import logging as absl_logging
 
 from mbde_jax import logs
 
@@ -25,6 +31,51 @@ def test_filtered_stderr_drops_the_tensorflow_banner_and_keeps_every_other_line(
         os.write(2, b"To enable the following instructions: AVX2, in other operations, rebuild TensorFlow\n")
         os.write(2, b"and a second one\n")
     assert capfd.readouterr().err == "a warning of the library that must stay\nand a second one\n"
+
+
+def _library_record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("absl", logging.ERROR, "/site-packages/orbax/checkpoint/future.py", 1, message, (), None)
+
+
+def _handled_by_absl(monkeypatch) -> list[str]:
+    """The messages of the records that get past absl logger's filters (what its handler would print)."""
+    shown: list[str] = []
+    absl_logger = absl_logging.get_absl_logger()
+    monkeypatch.setattr(absl_logger, "callHandlers", lambda record: shown.append(record.getMessage()))
+    monkeypatch.delenv("MBDE_DEBUG", raising=False)
+    return shown
+
+
+def test_held_library_records_pass_on_success_and_drop_on_failure_even_from_a_thread_that_fails_later(monkeypatch):
+    shown = _handled_by_absl(monkeypatch)
+    absl_logger = absl_logging.get_absl_logger()
+    with logs.library_records_held("/orbax/"):
+        absl_logger.handle(_library_record("held, then passed on"))
+        assert shown == []
+    assert shown == ["held, then passed on"]
+
+    # A failed save: one writer's error reaches the caller while another writer thread is still failing; it
+    # logs its own traceback after the block raised. Both are dropped; the filter goes once that thread ends.
+    release = threading.Event()
+
+    def late_writer():
+        release.wait(10)
+        absl_logger.handle(_library_record("a writer that failed after the block raised"))
+
+    writer = threading.Thread(target=late_writer)
+    with pytest.raises(OSError):
+        with logs.library_records_held("/orbax/", late_records_s=30):
+            writer.start()
+            absl_logger.handle(_library_record("the first writer's failure"))
+            raise OSError("No space left on device")
+    release.set()
+    writer.join()
+    for _ in range(100):  # the filter is removed by a watcher thread once the writer has ended
+        if not any(isinstance(f, logs._HeldRecords) for f in absl_logger.filters):
+            break
+        time.sleep(0.05)
+    absl_logger.handle(_library_record("after the writers ended"))
+    assert shown == ["held, then passed on", "after the writers ended"]
 
 
 def test_tensorflow_is_imported_without_keras_and_tf_keras_still_loads_it():
