@@ -10,7 +10,7 @@ import pytest
 from absl.testing import parameterized
 
 from mbde_jax import models
-from mbde_jax.models import multibranch
+from mbde_jax.models import initializers, multibranch
 
 # (feature map shape after the branch, trunk output shape) for a 32x32 input.
 EXPECTED_SHAPES = {
@@ -45,10 +45,12 @@ def _init(model, images=IMAGES):
 
 @functools.lru_cache(maxsize=None)
 def _cached_init(model):
-    """The output-shape tests' variables: initialised once per model for the with/without-jit variants, and
-    compiled, since op-by-op initialisation compiles each of the network's hundreds of ops on its own (a
-    DenseNet-40 takes four times as long that way)."""
-    return jax.jit(lambda: _init(model))()
+    """The output-shape tests' variables, once per model for the with/without-jit variants, made as training
+    makes them (models.initializers: traced, then one small program of draws), not by a compiled model.init,
+    which compiles each variable's random-number program (a ResNet-110's takes seven times as long)."""
+    treedef, leaves = initializers.describe(lambda: _init(model))
+    draws = jax.jit(lambda seed: initializers.draw_standard(leaves, seed))(0)
+    return initializers.assemble(treedef, leaves, {kind: np.asarray(draw) for kind, draw in draws.items()})
 
 
 def _count(tree):
