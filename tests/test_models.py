@@ -47,7 +47,7 @@ def _init(model, images=IMAGES):
 def _cached_init(model):
     """The output-shape tests' variables, once per model for the with/without-jit variants, made as training
     makes them (models.initializers: traced, then one small program of draws), not by a compiled model.init,
-    which compiles each variable's random-number program (a ResNet-110's takes seven times as long)."""
+    which compiles a random-number program per variable (hundreds for a ResNet-110)."""
     treedef, leaves = initializers.describe(lambda: _init(model))
     draws = jax.jit(lambda seed: initializers.draw_standard(leaves, seed))(0)
     return initializers.assemble(treedef, leaves, {kind: np.asarray(draw) for kind, draw in draws.items()})
