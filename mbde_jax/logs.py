@@ -120,7 +120,9 @@ def _remove_filter_after(logger: std_logging.Logger, held: _HeldRecords, threads
                          timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        # Thread's own join: orbax's future threads override join() to raise the error they ended with, which
+        # the block has already raised to the caller.
+        threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
     logger.removeFilter(held)
 
 

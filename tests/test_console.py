@@ -56,26 +56,36 @@ def test_held_library_records_pass_on_success_and_drop_on_failure_even_from_a_th
 
     # A failed save: one writer's error reaches the caller while another writer thread is still failing; it
     # logs its own traceback after the block raised. Both are dropped; the filter goes once that thread ends.
+    # The writer is like orbax's future threads, whose join() raises the error they ended with: waiting for it
+    # must not print that error as an uncaught exception of the waiting thread.
     release = threading.Event()
+    uncaught = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+
+    class WriterRaisingOnJoin(threading.Thread):
+        def join(self, timeout=None):
+            super().join(timeout)
+            raise OSError("No space left on device (raised again by join)")
 
     def late_writer():
         release.wait(10)
         absl_logger.handle(_library_record("a writer that failed after the block raised"))
 
-    writer = threading.Thread(target=late_writer)
+    writer = WriterRaisingOnJoin(target=late_writer)
     with pytest.raises(OSError):
         with logs.library_records_held("/orbax/", late_records_s=30):
             writer.start()
             absl_logger.handle(_library_record("the first writer's failure"))
             raise OSError("No space left on device")
     release.set()
-    writer.join()
+    threading.Thread.join(writer)
     for _ in range(100):  # the filter is removed by a watcher thread once the writer has ended
         if not any(isinstance(f, logs._HeldRecords) for f in absl_logger.filters):
             break
         time.sleep(0.05)
     absl_logger.handle(_library_record("after the writers ended"))
     assert shown == ["held, then passed on", "after the writers ended"]
+    assert uncaught == []
 
 
 def test_tensorflow_is_imported_without_keras_and_tf_keras_still_loads_it():
