@@ -15,6 +15,7 @@ atomic (a reader never sees half a file); in a multi-process run only process 0 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -69,9 +70,17 @@ def read_if_present(workdir: str, name: str) -> Any:
 
 
 def _write_atomically(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file, so that `path` is either its old or its new text."""
     tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if error.filename is None:  # raised by the flush at close (a full disk): name the file it was for
+            raise OSError(error.errno, error.strerror, path) from None
+        raise
     os.replace(tmp, path)
 
 
