@@ -20,6 +20,10 @@ def get_config() -> config_dict.ConfigDict:
     config.data_dir = config_dict.placeholder(str)
     # CINIC-10 only: train on 'train' (90k) or 'train+validation' (180k). Tested on 'test' either way.
     config.cinic10_train_splits = "train"
+    # Train on the first this many examples of the training split, in its fixed prepared order; 0: all of them.
+    # For smoke tests and data-size studies. Fewer examples mean fewer steps per epoch; the test split is
+    # always evaluated whole.
+    config.train_examples = 0
     # Whether a dataset that is not prepared may be downloaded (needs network). False fails at once.
     config.download = True
 

@@ -67,6 +67,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], Check | None, bool]] = {
     "dataset": ((str,), _one_of(dataset_info.DATASETS), False),
     "data_dir": ((str,), None, True),
     "cinic10_train_splits": ((str,), _one_of(("train", "train+validation")), False),
+    "train_examples": ((int,), _non_negative, False),
     "download": ((bool,), None, False),
     "arch": ((str,), _one_of(BACKBONES), False),
     "num_branches": ((int,), _at_least(1), False),

@@ -48,7 +48,8 @@ def make_train_pipeline(experiment: Experiment) -> train_input.TrainPipeline:
     config = experiment.config
     pipeline_cls = train_input.DeviceTrainPipeline if experiment.input_on_device else train_input.TrainPipeline
     return pipeline_cls(config.dataset, global_batch_size=config.batch_size, seed=config.seed, mesh=experiment.mesh,
-                        data_dir=config.data_dir, download=config.download, train_splits=experiment.train_splits)
+                        data_dir=config.data_dir, download=config.download, train_splits=experiment.train_splits,
+                        max_examples=config.train_examples)
 
 
 def seed_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:

@@ -182,6 +182,24 @@ def test_batch_size_must_divide_over_devices(mesh, tmp_path):
             train_input.TrainPipeline("cifar10", global_batch_size=64, seed=0, mesh=mesh)
 
 
+@pytest.mark.parametrize("pipeline_cls", [train_input.TrainPipeline, train_input.DeviceTrainPipeline])
+def test_train_examples_keeps_the_first_examples_of_the_split(mocked, mesh, pipeline_cls):
+    name, whole = mocked
+    first = pipeline_cls(name, global_batch_size=BATCH, seed=7, mesh=mesh, max_examples=100)
+    assert first.num_examples == 100 and first.steps_per_epoch == 100 // BATCH == 3
+    np.testing.assert_array_equal(first.images, whole.images[:100])
+    np.testing.assert_array_equal(first.labels, whole.labels[:100])
+    plan = first.epoch_plan(0)
+    assert sorted(plan.indices) == list(range(100))  # an epoch orders the kept examples only
+    batches = _as_numpy(first.epoch_batches(0))
+    assert len(batches) == 3
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]),
+                                  whole.labels[plan.indices[:3 * BATCH]])
+    with pytest.raises(ValueError, match=rf"config.train_examples=204 is more than the {NUM_EXAMPLES} training "
+                                         rf"examples of {name} \(train\); give at most {NUM_EXAMPLES}, or 0"):
+        pipeline_cls(name, global_batch_size=BATCH, seed=7, mesh=mesh, max_examples=NUM_EXAMPLES + 1)
+
+
 def test_unknown_dataset_lists_the_valid_ones(mesh):
     with pytest.raises(ValueError, match=r"'mnist'.*\['cifar10', 'cifar100', 'cinic10', 'digits'\]"):
         train_input.TrainPipeline("mnist", global_batch_size=BATCH, seed=0, mesh=mesh)

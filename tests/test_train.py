@@ -263,6 +263,7 @@ def test_schema_matches_default_config():
     ({"num_epochs": 2, "lr_boundaries_epochs": (1, 3)},
      r"config\.lr_boundaries_epochs=\(1, 3\): epoch\(s\) \[3\] lie past config\.num_epochs=2"),
     ({"lr_boundaries_epochs": (0,)}, r"config\.lr_boundaries_epochs.*>= 1"),
+    ({"train_examples": -1}, r"config\.train_examples=-1: must be >= 0"),
 ])
 def test_bad_values_name_the_field(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -38,7 +38,8 @@ class TrainPipeline:
         dataset: config name of the dataset.
         train_splits: the tfds split expression read (e.g. 'train', 'train+validation').
         global_batch_size: examples per step over all devices.
-        num_examples: training examples in the pool (every process holds all of them).
+        num_examples: training examples in the pool (every process holds all of them): the whole split, or its
+            first `max_examples`.
         steps_per_epoch: full batches per epoch; the last partial batch is dropped (static shapes under jit; the
             reshuffle each epoch means every example is still used).
         images: uint8 [n, H, W, C] the training images, in the fixed order plans index into.
@@ -47,7 +48,7 @@ class TrainPipeline:
 
     def __init__(self, dataset: str, *, global_batch_size: int, seed: int, mesh: jax.sharding.Mesh,
                  data_dir: str | None = None, train_splits: str | None = None, manual_dir: str | None = None,
-                 download: bool = True):
+                 download: bool = True, max_examples: int = 0):
         """Reads the training data into memory (preparing the dataset if needed).
 
         Args:
@@ -60,6 +61,7 @@ class TrainPipeline:
                 'train' or 'train+validation' (config.cinic10_train_splits).
             manual_dir: where CINIC-10.tar.gz was put by hand; default <data_dir>/downloads/manual.
             download: whether a missing dataset may be downloaded.
+            max_examples: train on the split's first this many examples (config.train_examples); 0: all.
         """
         info = dataset_info.get_dataset_info(dataset)
         sharding.check_batch_divisible(global_batch_size, mesh)
@@ -77,6 +79,12 @@ class TrainPipeline:
         # Every process holds the whole pool and builds its rows of each global batch, so a batch (and with it
         # every result) is the same for any number of processes and devices.
         self._images_tf, self._labels_tf = load_split(builder, train_splits, info.image_shape)
+        if max_examples:
+            available = int(self._labels_tf.shape[0])
+            if max_examples > available:
+                raise ValueError(f"config.train_examples={max_examples} is more than the {available} training examples "
+                                 f"of {dataset} ({train_splits}); give at most {available}, or 0 for all of them.")
+            self._images_tf, self._labels_tf = self._images_tf[:max_examples], self._labels_tf[:max_examples]
         self.num_examples = int(self._labels_tf.shape[0])
         self.steps_per_epoch = self.num_examples // global_batch_size
         if self.steps_per_epoch == 0:
