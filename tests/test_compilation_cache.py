@@ -13,8 +13,8 @@ from mbde_jax import compilation_cache
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "test.py"),
-         "--config.dataset=digits", "--config.num_epochs=1", "--config.lr_boundaries_epochs=()",
-         "--config.rampup_epochs=1"]
+         "--config.dataset=digits", "--config.train_examples=360", "--config.num_epochs=1",
+         "--config.lr_boundaries_epochs=()", "--config.rampup_epochs=1"]  # 45 steps
 
 
 def test_the_cache_directory_is_the_switch_then_jax_then_the_user_cache():

@@ -1,10 +1,11 @@
 """What a user reads when things break: one line that says what happened, what was kept and what to do, no
 traceback (MBDE_DEBUG=1 shows it), and nothing already saved changed. Each run is train.py (the real command
 line, in a fresh process, so stderr is what a user sees, C++ threads included) on configs/test.py with the
-bundled digits data, one epoch of 180 steps."""
+bundled digits data, one epoch of 48 steps (the first 384 examples)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,9 +17,11 @@ import sys
 import pytest
 
 from helpers.small_disk import small_disk
+from mbde_jax import workdir as workdir_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN = ["train.py", "--config", "configs/test.py", "--config.dataset=digits", "--config.num_epochs=1",
+TRAIN = ["train.py", "--config", "configs/test.py", "--config.dataset=digits", "--config.train_examples=384",
+         "--config.num_epochs=1",
          "--config.lr_boundaries_epochs=(1,)", "--config.checkpoint_every_minutes=0"]
 # The user's environment: no MBDE_DEBUG, and TensorFlow's C++ warnings at their default level (the suite's
 # conftest raises it, which would hide the very lines these tests are about).
@@ -54,17 +57,17 @@ def _steps(workdir: pathlib.Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> pathlib.Path:
-    """A finished run with checkpoints at steps 90 and 180."""
+    """A finished run with checkpoints at steps 24 and 48."""
     workdir = tmp_path_factory.mktemp("finished") / "run"
-    done = _train(workdir, "--config.checkpoint_every_steps=90")
+    done = _train(workdir, "--config.checkpoint_every_steps=24")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _steps(workdir) == ["180", "90"]
+    assert _steps(workdir) == ["24", "48"]
     return workdir
 
 
 def test_rerunning_a_finished_run_changes_nothing(finished_run):
     before = _digests(finished_run)
-    done = _train(finished_run, "--config.checkpoint_every_steps=90")
+    done = _train(finished_run, "--config.checkpoint_every_steps=24")
     assert done.returncode == 0, done.stderr[-3000:]
     assert _said(done, most_lines=3) == []  # nothing went wrong: a progress line or two at most
     (line,) = [line for line in done.stderr.splitlines() if f"{finished_run} has finished already" in line]
@@ -75,27 +78,27 @@ def test_rerunning_a_finished_run_changes_nothing(finished_run):
 def test_a_latest_checkpoint_without_its_manifest_falls_back_in_one_line(finished_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(finished_run, copy)
-    (copy / "checkpoints" / "180" / "state" / "manifest.ocdbt").unlink()
+    (copy / "checkpoints" / "48" / "state" / "manifest.ocdbt").unlink()
     (copy / "results.json").unlink()  # else the run is finished: nothing would read the checkpoint
-    kept = _digests(copy / "checkpoints" / "90")
-    done = _train(copy, "--config.checkpoint_every_steps=90")
+    kept = _digests(copy / "checkpoints" / "24")
+    done = _train(copy, "--config.checkpoint_every_steps=24")
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = _said(done, most_lines=15)
-    assert "checkpoint step 180" in line and "cannot be read" in line and "checkpoints_unreadable" in line
-    assert "resumed from step 90" in done.stderr
-    assert _digests(copy / "checkpoints" / "90") == kept
-    assert [path.name.split(".")[0] for path in (copy / "checkpoints_unreadable").iterdir()] == ["180"]
+    assert "checkpoint step 48" in line and "cannot be read" in line and "checkpoints_unreadable" in line
+    assert "resumed from step 24" in done.stderr
+    assert _digests(copy / "checkpoints" / "24") == kept
+    assert [path.name.split(".")[0] for path in (copy / "checkpoints_unreadable").iterdir()] == ["48"]
     final = (json.loads((run / "results.json").read_text())["final"]["metrics"] for run in (finished_run, copy))
-    assert next(final) == next(final)  # retrained from step 90: the same numbers
+    assert next(final) == next(final)  # retrained from step 24: the same numbers
 
 
 @pytest.mark.parametrize("free_bytes, overrides, first_words, steps_left", [
     # At the start: the TensorBoard events fill the disk before the first checkpoint.
-    (60_000, [], "train.py: error: No space left on device: the TensorBoard events could not be written (", []),
-    # During a checkpoint (~1.8 MB each): steps 50 and 100 fit, 150 does not.
-    (4_300_000, ["--config.checkpoint_every_steps=50"], "train.py: error: checkpoint step 150 could not be "
+    (12_000, [], "train.py: error: No space left on device: the TensorBoard events could not be written (", []),
+    # During a checkpoint (~1.8 MB each): steps 12 and 24 fit, 36 does not.
+    (4_300_000, ["--config.checkpoint_every_steps=12"], "train.py: error: checkpoint step 36 could not be "
      "written in {workdir}/checkpoints (no space left on the device); the partial save was removed and the next "
-     "run resumes from step 100, the latest checkpoint, which is intact.", ["100", "50"]),
+     "run resumes from step 24, the latest checkpoint, which is intact.", ["12", "24"]),
 ], ids=["at_the_start", "during_a_checkpoint"])
 def test_a_full_disk_is_one_line_and_keeps_what_was_saved(tmp_path, free_bytes, overrides, first_words,
                                                           steps_left):
@@ -108,8 +111,20 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_saved(tmp_path, free_bytes, 
         assert "run the same command again" in line
         assert _steps(workdir) == steps_left  # no partial save left behind
         if steps_left:
-            again = _run(["-m", "mbde_jax.evaluate", "--workdir", str(workdir), "--step", "100"])
+            again = _run(["-m", "mbde_jax.evaluate", "--workdir", str(workdir), "--step", "24"])
             assert again.returncode == 0, again.stderr[-3000:]  # the kept checkpoint reads
+
+
+def test_a_run_file_that_does_not_fit_is_named_and_the_old_one_kept(tmp_path):
+    with small_disk(tmp_path / "disk", 8_000) as disk:
+        run = disk / "run"
+        run.mkdir()
+        workdir_files.write_history(str(run), [])
+        with pytest.raises(OSError) as raised:  # the write or the flush at close runs out of space
+            workdir_files.write_history(str(run), [{"epoch": 1, "note": "x" * 50_000}])
+        assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(run / "history.json")
+        assert json.loads((run / "history.json").read_text()) == []
+        assert sorted(path.name for path in run.iterdir()) == ["history.json"]  # no partial .tmp left
 
 
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
