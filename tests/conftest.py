@@ -16,6 +16,7 @@
 """
 
 import os
+import re
 import tempfile
 
 import pytest
@@ -37,6 +38,9 @@ def pytest_configure(config):
 
 # Module fixtures that train or start processes: the tests using one go to one worker, which builds it once.
 _COSTLY_MODULE_FIXTURES = ("finished_run", "two_epoch_run", "two_runs", "recorded_run")
+# test_models' output-shape tests of one architecture (its branch counts, with and without jit) go to one worker:
+# the eager variants compile each operation once per shape and process, and most shapes recur between them.
+_OUTPUT_SHAPE_ARCH = re.compile(r"test_models\.py::OutputShapeTest::test_output_shapes_\(arch='(\w+)'")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook, which reads the xdist_group marks added here
@@ -54,6 +58,9 @@ def pytest_collection_modifyitems(config, items):
         for name in _COSTLY_MODULE_FIXTURES:
             if name in fixtures:
                 item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
+        architecture = _OUTPUT_SHAPE_ARCH.search(item.nodeid)
+        if architecture:
+            item.add_marker(pytest.mark.xdist_group(f"test_models.{architecture.group(1)}"))
 
     def rank(item):
         group = item.get_closest_marker("xdist_group")

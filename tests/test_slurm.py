@@ -29,11 +29,13 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 START_HINT = "start a local SLURM with: bash .ci/slurm install && bash .ci/slurm start (as root)"
-# The tiny run every test trains: configs/test.py on digits, one epoch of 180 steps of batch 8.
-CONFIG_ARGS = ["--config", str(ROOT / "configs" / "test.py"), "--config.dataset=digits", "--config.num_epochs=1",
+# The tiny run every sweep test trains: configs/test.py on the first 360 digits, one epoch of 45 steps of batch 8.
+DIGITS_ARGS = ["--config", str(ROOT / "configs" / "test.py"), "--config.dataset=digits", "--config.num_epochs=1",
                "--config.lr_boundaries_epochs=()", "--config.rampup_epochs=1"]
-# Two processes over gloo take a collective per step: the same run in 45 steps of batch 32.
-SRUN_CONFIG_ARGS = [*CONFIG_ARGS, "--config.batch_size=32", "--config.eval_batch_size=64"]
+CONFIG_ARGS = [*DIGITS_ARGS, "--config.train_examples=360"]
+# Two processes over gloo take a collective per step: all 1,442 digits in 45 steps of batch 32, long enough for a
+# scancel to land mid-run.
+SRUN_CONFIG_ARGS = [*DIGITS_ARGS, "--config.batch_size=32", "--config.eval_batch_size=64"]
 METHODS, SEEDS = "mbde,dml", "0,1"
 JOB_TIMEOUT_S = 900  # generous: in the suite the jobs share the 2 cores with the other test worker
 
@@ -96,13 +98,13 @@ def _job_field(job: str, field: str) -> str:
     return dict(item.split("=", 1) for item in shown.split() if "=" in item).get(field, "")
 
 
-def _wait_until(condition, timeout_s=JOB_TIMEOUT_S, what="the condition"):
+def _wait_until(condition, timeout_s=JOB_TIMEOUT_S, what="the condition", poll_s=0.5):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
@@ -112,18 +114,51 @@ def _wait_for_job(job: str) -> None:
                                            ).stdout.strip(), what=f"SLURM job {job}")
 
 
-def _signal_batch(job: str, signal_name: str, log, env) -> None:
-    """`scancel --signal --batch`, until the task's log shows the signal arrived. scancel of a running array
-    task can retry for minutes ("Job can not be altered now, try again later") after delivering the signal, and
-    deliver it again: it runs in the background and is stopped once the signal has arrived."""
+def _pending(pid: int, signum: int) -> bool:
+    """Whether `signum` waits, undelivered, for process `pid` (a stopped process keeps it pending)."""
+    fields = dict(line.split(":\t", 1) for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    return bool((int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)) & (1 << (signum - 1)))
+
+
+def _signal_stopped_batch(job: str, pid: int, signal_name: str, log, env) -> None:
+    """`scancel --signal --batch` to the task whose (SIGSTOPped) process is `pid`; once the signal is pending
+    there, the process continues and the test waits for its log to show the signal arrived. The run is held
+    between its first step and the signal, so the signal lands mid-run however long SLURM takes to deliver it.
+    scancel of a running array task can retry for minutes ("Job can not be altered now, try again later") after
+    delivering the signal, and deliver it again: it runs in the background and is stopped once it has."""
     sender = subprocess.Popen(["scancel", f"--signal={signal_name}", "--batch", job], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_until(lambda: f"SIG{signal_name} received" in _text(log), timeout_s=60,
-                    what=f"{job} to receive SIG{signal_name}")
+        _wait_until(lambda: _pending(pid, getattr(signal, f"SIG{signal_name}")), timeout_s=60,
+                    what=f"SIG{signal_name} to reach {job}", poll_s=0.05)
     finally:
         sender.kill()
         sender.wait()
+        os.kill(pid, signal.SIGCONT)
+    _wait_until(lambda: f"SIG{signal_name} received" in _text(log), timeout_s=60,
+                what=f"{job} to log SIG{signal_name}")
+
+
+def _hold_after_first_step(logs_and_workdirs) -> list[int]:
+    """SIGSTOPs each task's training process as soon as its log shows the first step done (polled every 50 ms,
+    so that each run is held early among its 45 steps); their PIDs, in the order given."""
+    held = {}
+
+    def hold_each_ready():
+        for index, (log, workdir) in enumerate(logs_and_workdirs):
+            if index not in held and "first step done" in _text(log):
+                held[index] = json.loads((workdir / "sweep_worker.json").read_text())["pid"]
+                os.kill(held[index], signal.SIGSTOP)
+        return len(held) == len(logs_and_workdirs)
+
+    try:
+        _wait_until(hold_each_ready, what="the first step of every held task", poll_s=0.05)
+    except BaseException:
+        for pid in held.values():
+            os.kill(pid, signal.SIGCONT)
+        raise
+    return [held[index] for index in range(len(logs_and_workdirs))]
 
 
 def _text(path) -> str:
@@ -173,19 +208,16 @@ def test_an_array_sweep_equals_the_sequential_one_and_a_signalled_task_resumes_e
     assert "--submit" not in exec_line and "--slurm_array_parallelism" not in exec_line
 
     # Task 0 (mbde seed 0) gets SLURM's time-limit warning once it trains; task 1 (mbde seed 1) runs meanwhile.
+    # Both are held (SIGSTOP) after their first step: task 0 until the signal is pending, task 1 until its status
+    # is taken (on a loaded machine a command's start-up can outlast the rest of a run's 45 steps).
     log_0, log_1 = root / "slurm" / "task_0.log", root / "slurm" / "task_1.log"
-    _wait_until(lambda: "first step done" in _text(log_0), what="task 0's first step")
-    _signal_batch(f"{job}_0", "USR1", log_0, env)
-    _wait_until(lambda: "first step done" in _text(log_1), what="task 1's first step")
-    # Task 1 is paused while the status is taken: on a loaded machine the status command's start-up can
-    # outlast the rest of its 180 steps, and the run would show as done.
-    task_1 = json.loads((root / "mbde" / "seed_1" / "sweep_worker.json").read_text())["pid"]
-    os.kill(task_1, signal.SIGSTOP)
+    task_0, task_1 = _hold_after_first_step([(log_0, root / "mbde" / "seed_0"), (log_1, root / "mbde" / "seed_1")])
     try:
+        _signal_stopped_batch(f"{job}_0", task_0, "USR1", log_0, env)
         running = _run(status_args, env).stdout
     finally:
         os.kill(task_1, signal.SIGCONT)
-    assert re.search(r"mbde +seed 1 +running +step \d+ of 180 .*shard 1/4.*RUNNING.*log: " + re.escape(str(log_1)),
+    assert re.search(r"mbde +seed 1 +running +step \d+ of 45 .*shard 1/4.*RUNNING.*log: " + re.escape(str(log_1)),
                      running), running
     _wait_until(lambda: _job_field(f"{job}_0", "Restarts") == "1" and
                 _job_field(f"{job}_0", "JobState") == "PENDING", what="task 0 to be requeued")
@@ -199,7 +231,7 @@ def test_an_array_sweep_equals_the_sequential_one_and_a_signalled_task_resumes_e
     for task in range(4):
         assert _job_field(f"{job}_{task}", "JobState") == "COMPLETED", (task, _text(root / "slurm" / f"task_{task}.log"))
     logs = {task: _text(root / "slurm" / f"task_{task}.log") for task in range(4)}
-    stop_line = re.search(r"stopped by SIGUSR1 at step (\d+) of 180 .*checkpoint saved", logs[0])
+    stop_line = re.search(r"stopped by SIGUSR1 at step (\d+) of 45 .*checkpoint saved", logs[0])
     assert stop_line, logs[0]
     assert f"requeued SLURM job {job}_0: it resumes from this checkpoint" in logs[0]
     assert f"resumed from step {stop_line.group(1)}" in logs[0]
@@ -228,7 +260,7 @@ def test_a_task_that_fails_for_good_shows_in_the_status_with_its_log(cluster, en
     assert _job_field(f"{job}_1", "JobState") == "FAILED"
     status = _run(_sweep_args(root, "--status", methods="mbde"), env).stdout
     log_1 = root / "slurm" / "task_1.log"
-    assert re.search(r"mbde +seed 0 +done +180 steps", status), status
+    assert re.search(r"mbde +seed 0 +done +45 steps", status), status
     failed = re.search(r"mbde +seed 1 +failed +(.*)  log: (\S+)", status)
     assert failed and failed.group(2) == str(log_1), status
     assert "checkpoints" in failed.group(1), status
