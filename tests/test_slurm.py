@@ -33,9 +33,8 @@ START_HINT = "start a local SLURM with: bash .ci/slurm install && bash .ci/slurm
 DIGITS_ARGS = ["--config", str(ROOT / "configs" / "test.py"), "--config.dataset=digits", "--config.num_epochs=1",
                "--config.lr_boundaries_epochs=()", "--config.rampup_epochs=1"]
 CONFIG_ARGS = [*DIGITS_ARGS, "--config.train_examples=360"]
-# Two processes over gloo take a collective per step: all 1,442 digits in 45 steps of batch 32, long enough for a
-# scancel to land mid-run.
-SRUN_CONFIG_ARGS = [*DIGITS_ARGS, "--config.batch_size=32", "--config.eval_batch_size=64"]
+# Two processes over gloo take a collective per step: the same examples in 11 steps of batch 32.
+SRUN_CONFIG_ARGS = [*CONFIG_ARGS, "--config.batch_size=32", "--config.eval_batch_size=64"]
 METHODS, SEEDS = "mbde,dml", "0,1"
 JOB_TIMEOUT_S = 900  # generous: in the suite the jobs share the 2 cores with the other test worker
 
@@ -159,6 +158,36 @@ def _hold_after_first_step(logs_and_workdirs) -> list[int]:
             os.kill(pid, signal.SIGCONT)
         raise
     return [held[index] for index in range(len(logs_and_workdirs))]
+
+
+def _training_processes(workdir) -> list[int]:
+    """PIDs of the mbde-train processes (not the batch script or srun) training into `workdir`."""
+    pids = []
+    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        if len(args) > 1 and args[1].endswith(b"/mbde-train") and str(workdir).encode() in args:
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def _signalled_or_running(pid: int, signum: int) -> bool:
+    """Whether held process `pid` has `signum` pending, or runs again (SLURM continues a job's stopped processes
+    when it signals them), or has ended."""
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "T" or _pending(pid, signum)
+    except (OSError, IndexError):
+        return True
+
+
+def _continue(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
 
 
 def _text(path) -> str:
@@ -288,12 +317,25 @@ def test_srun_two_processes_equal_one_and_a_cancelled_batch_job_resumes(cluster,
     # The README's batch script: scancel stops both processes with a checkpoint; submitting again resumes.
     batch = ["sbatch", "--ntasks=2", f"--output={tmp_path / 'batch.log'}", "slurm/train.sbatch", *SRUN_CONFIG_ARGS,
              "--config.cpu_devices=1", "--workdir", tmp_path / "batch"]
+    # Both processes are held (SIGSTOP) once the first has logged its first step (the other then waits for it in the
+    # next collective), so that scancel's SIGTERM lands mid-run however long SLURM takes to deliver it.
     job = _job_id(_run(batch, env).stdout)
-    _wait_until(lambda: _text(tmp_path / "batch.log").count("first step done") == 2, what="both processes' first step")
-    _run(["scancel", job], env)
+    _wait_until(lambda: "first step done" in _text(tmp_path / "batch.log"), what="the first step", poll_s=0.05)
+    held = _training_processes(tmp_path / "batch")
+    for pid in held:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        assert len(held) == 2, held
+        _wait_until(lambda: _text(tmp_path / "batch.log").count("first step done") == 2, what="both first steps")
+        _run(["scancel", job], env)
+        _wait_until(lambda: all(_signalled_or_running(pid, signal.SIGTERM) for pid in held), timeout_s=60,
+                    what="SIGTERM to reach both processes", poll_s=0.05)
+    finally:
+        for pid in held:
+            _continue(pid)
     _wait_for_job(job)
     log = _text(tmp_path / "batch.log")
-    stops = re.findall(r"stopped by SIGTERM \(received by process [01, ]+\) at step (\d+) of 45", log)
+    stops = re.findall(r"stopped by SIGTERM \(received by process [01, ]+\) at step (\d+) of 11", log)
     assert len(stops) == 2 and stops[0] == stops[1], log[-4000:]
     assert (tmp_path / "batch" / "checkpoints" / stops[0]).is_dir()
     job = _job_id(_run(batch, env).stdout)
