@@ -155,7 +155,9 @@ class Checkpointer:
             read_only=self._read_only,
             preservation_policy=ocp.checkpoint_managers.LatestN(n=self._keep),
         )
-        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        return ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": ocp.PyTreeCheckpointHandler(type_handler_registry=_state_type_handlers()),
+            "meta": ocp.JsonCheckpointHandler()})
 
     def _remove_partial_saves(self, announce: bool = True) -> None:
         if jax.process_index() != 0:
@@ -228,7 +230,7 @@ class Checkpointer:
         try:
             with logs.library_records_held("/orbax/"), _orbax_calls():
                 self._manager.save(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
+                    state=ocp.args.PyTreeSave(state),
                     meta=ocp.args.JsonSave(dict(meta, state_layout=STATE_LAYOUT))), force=True)
         except Exception as error:  # ENOSPC and EACCES reach us wrapped in orbax's and tensorstore's types
             self._remove_partial_saves(announce=False)  # the error below says so
@@ -246,7 +248,8 @@ class Checkpointer:
     def _read(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         with _orbax_calls():
             restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                state=ocp.args.PyTreeRestore(abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(
+                    abstract_state)), meta=ocp.args.JsonRestore()))
         return restored["state"], _checked_meta(restored["meta"])
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
@@ -272,6 +275,20 @@ class Checkpointer:
         with _orbax_calls():
             self._manager.wait_until_finished()
             self._manager.close()
+
+
+def _state_type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
+    """orbax's default type handlers, except that a replicated jax.Array is written whole by its first replica.
+
+    orbax's default on CPU and TPU ("replica parallel") has each replica of a replicated array write a slice of
+    it, and every slice is an XLA program of its own, compiled for each array shape in each new process: a
+    multi-device run's first checkpoint compiled one per parameter array (a ResNet has hundreds) to share out the
+    writing of a few megabytes. orbax already writes whole arrays on GPUs; checkpoints written either way restore
+    alike."""
+    handlers = [(kind, ocp.type_handlers.get_type_handler(kind)) for kind in ocp.type_handlers.supported_types()
+                if kind is not jax.Array]
+    return ocp.type_handlers.create_type_handler_registry(
+        *handlers, (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)))
 
 
 def _checked_meta(meta: Any) -> dict:

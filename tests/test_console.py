@@ -88,12 +88,11 @@ def test_held_library_records_pass_on_success_and_drop_on_failure_even_from_a_th
     assert uncaught == []
 
 
-def test_tensorflow_is_imported_without_keras_and_tf_keras_still_loads_it():
+def test_the_library_imports_tensorflow_without_keras_and_tf_keras_still_loads_it():
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from mbde_jax import logs
-        logs.import_tensorflow_quietly()
+        from mbde_jax import training  # as a notebook or script imports the library: TensorFlow comes with it
         import tensorflow as tf
         print(sorted(name for name in ("keras", "sklearn") if name in sys.modules))
         print([int(v) for v in tf.data.Dataset.range(3).map(lambda v: v * 2).as_numpy_iterator()])

@@ -330,3 +330,31 @@ def test_a_failed_save_removes_its_partial_checkpoint(two_epoch_run, tmp_path, m
     assert not list((copy / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
     assert checkpointer.latest_step() == 2 * STEPS_PER_EPOCH
     checkpointer.close()
+
+
+def test_a_replicated_state_is_saved_without_compiling_and_restores_equal(tmp_path):
+    # orbax's default would slice every replicated array over the replicas, compiling a program per array shape
+    # at each process's first save; shapes no other test uses, so that no program is cached in this process.
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from mbde_jax import sharding, startup
+
+    mesh = sharding.make_data_mesh()
+    assert mesh.devices.size == 2  # tests/conftest.py's two CPU devices: every array has two replicas
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = {f"kernel_{i}": jax.device_put(np.arange(6 * (i + 37), dtype=np.float32).reshape(6, i + 37), replicated)
+             for i in range(5)}
+    state["step"] = jax.device_put(np.int32(7), replicated)
+    compiled = []
+    saver = checkpoint.Checkpointer(str(tmp_path))
+    with startup.compilations(lambda name, _: compiled.append(name), lambda: None):
+        saver.save(7, state, {"config": {}})
+    saver.close()
+    assert compiled == []
+    reader = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+    restored, meta = reader.restore(checkpoint.abstract_like(state))
+    reader.close()
+    assert meta["config"] == {} and restored.keys() == state.keys()
+    for name, array in state.items():
+        assert restored[name].sharding == replicated, name
+        np.testing.assert_array_equal(np.asarray(restored[name]), np.asarray(array), err_msg=name)

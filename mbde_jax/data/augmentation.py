@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
+from mbde_jax.data.tf_runtime import tf
 
 from mbde_jax.data import info as dataset_info
 from mbde_jax.data import tf_runtime  # noqa: F401  pylint: disable=unused-import  (configures TensorFlow first)

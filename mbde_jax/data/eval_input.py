@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import jax
 import numpy as np
-import tensorflow as tf
+from mbde_jax.data.tf_runtime import tf
 
 from mbde_jax import sharding
 from mbde_jax.data import info as dataset_info

@@ -22,7 +22,7 @@ import urllib.request
 
 import jax
 import numpy as np
-import tensorflow as tf
+from mbde_jax.data.tf_runtime import tf
 import tensorflow_datasets as tfds
 
 from mbde_jax import distributed
