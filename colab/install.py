@@ -53,7 +53,7 @@ def has_tensorflow() -> bool:
 
 
 def jax_requirement(repo: str) -> str:
-    """The package's own jax requirement from setup.cfg, e.g. 'jax>=0.10.2,<0.13' (written there only)."""
+    """The package's own jax requirement from setup.cfg, e.g. 'jax>=0.10.2,<0.12.1' (written there only)."""
     parser = configparser.ConfigParser()
     if not parser.read(os.path.join(repo, "setup.cfg")):
         raise SystemExit(f"Error: {repo} has no setup.cfg; pass --repo <a checkout of mbde_jax>.")

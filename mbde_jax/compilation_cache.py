@@ -14,6 +14,10 @@ another version or a code change misses and never reuses a stale program; entrie
 of a run only, each in one rename, so several processes may share the directory. A directory that cannot be
 created or written gives one warning and the command goes on without the cache. It grows by about 15 MB per
 config and version; clearing it (`rm -rf ~/.cache/mbde_jax/xla`) only costs the next run its compilations.
+
+A run of several processes on CPUs compiles in every process, without the cache: only process 0 finds its
+programs there (the others' keys differ, and only process 0 writes), and with jax 0.12.1 a process running a
+program read from the cache waited forever at the first collective for a process that had compiled its own.
 """
 
 from __future__ import annotations
@@ -95,3 +99,16 @@ def enable(environ: dict | None = None) -> str | None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     logging.info("compilation cache: %s; %s=off switches it off", describe(directory), SWITCH)
     return directory
+
+
+def off_for_multi_process_cpu(devices) -> bool:
+    """Switches the persistent cache off when `devices` (every device of the run, backends started, nothing
+    compiled yet) are CPUs of several processes (see the module's docstring); returns whether it did."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    if jax.process_count() == 1 or any(device.platform != "cpu" for device in devices):
+        return False
+    if jax.config.jax_enable_compilation_cache:
+        jax.config.update("jax_enable_compilation_cache", False)
+        logging.info("compilation cache off: a run of several processes on CPUs compiles in every process")
+    return True

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mbde_jax import config_validation, eval_metrics, losses, methods, optim, sharding, workdir as run_files
+from mbde_jax import (compilation_cache, config_validation, eval_metrics, losses, methods, optim, sharding,
+                      workdir as run_files)
 from mbde_jax.data import info as dataset_info
 from mbde_jax.models.online_kd import OnlineKDModel
 
@@ -79,12 +80,14 @@ def resolve(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None
 
     Before JAX starts its backends it splits a CPU-only host into config.cpu_devices devices (see
     sharding.configure_host_devices); the mesh is then every device of every process unless `mesh` is given.
+    A run of several processes on CPUs then switches the persistent compilation cache off (compilation_cache).
     """
     config_validation.validate(config)
     sharding.configure_host_devices(config)
     method = methods.METHODS[config.method]
     num_branches = _num_branches(method, config.num_branches)
     mesh = mesh or sharding.make_data_mesh()
+    compilation_cache.off_for_multi_process_cpu(mesh.devices.flat)
     for field in ("batch_size", "eval_batch_size"):
         try:
             sharding.check_batch_divisible(config[field], mesh, field=f"config.{field}")

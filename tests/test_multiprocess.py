@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from mbde_jax import distributed, tensorboard_scalars, training
+from mbde_jax import compilation_cache, distributed, tensorboard_scalars, training
 from test_train import NUM_EXAMPLES, ROOT, STEPS_PER_EPOCH
 from test_train import STRAIGHT_RUN as _RUN  # log_every_steps is 2 (configs/test.py)
 from test_train import straight_run  # noqa: F401 (a fixture)
@@ -97,8 +97,9 @@ def _assert_close(history_a: list[dict], history_b: list[dict], rtol: float) -> 
 def test_two_processes_equal_one_process_and_resume_exactly(tmp_path, straight_run):
     # 'single': one process with 2 devices (test_train.straight_run, the same config);
     # 'double': two processes with 1 device each (the same 2-device mesh); 'stopped': two processes stopped by a
-    # SIGTERM that only process 1 receives, then resumed. 'stopped' starts once 'double' is done, so that it
-    # finds its programs in the compilation cache.
+    # SIGTERM that only process 1 receives, then resumed. Each process compiles its own programs, even when the
+    # compilation cache holds them from an earlier run (mbde_jax.compilation_cache: with jax 0.12.1 a process that
+    # read them waited forever at the first collective).
     single = straight_run / "straight"
     outcome = {"double": _finish(_start(tmp_path, "double", 2, 1))}
     outcome["stopped"] = _finish(_start(tmp_path, "stopped", 2, 1,
@@ -106,6 +107,7 @@ def test_two_processes_equal_one_process_and_resume_exactly(tmp_path, straight_r
     outcome["resumed"] = _finish(_start(tmp_path, "stopped", 2, 1))
     for status, stderr, _ in outcome["double"]:
         assert status == 0, f"double: {stderr[-3000:]}"
+        assert "compilation cache off: a run of several processes on CPUs compiles in every process" in stderr
     for index, (status, stderr, _) in enumerate(outcome["stopped"]):
         assert status == 143, stderr[-3000:]
         # Processes agree at log steps (every 2): the signal after step 3 stops both after step 4.
@@ -182,6 +184,8 @@ def test_launch_settings_from_flags_environment_and_cluster():
     assert slurm.auto_detect and slurm.num_processes == 2
     assert not distributed.cluster_detected({"SLURM_NTASKS": "1", "TPU_WORKER_HOSTNAMES": "one-host"})
     assert distributed.cluster_detected({"TPU_WORKER_HOSTNAMES": "w0,w1"})
+    # One process keeps the compilation cache.
+    assert not compilation_cache.off_for_multi_process_cpu(jax.devices()) and jax.config.jax_enable_compilation_cache
     # One process needs no runtime: nothing is initialised.
     assert not distributed.initialize(distributed.settings_from(environ={}))
     assert not distributed.initialize(distributed.settings_from(coordinator_address="h:1", num_processes=1,

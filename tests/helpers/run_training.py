@@ -60,7 +60,9 @@ def main(args: dict) -> None:
 
                     def step_then_signal(state, batch):
                         new_state, metrics = step_fn(state, batch)
-                        if int(new_state.step) == signal_step:
+                        # This process's copy of the step: fetching the global array is a program of its own
+                        # (a collective since jax 0.12.1) that the other processes would not run.
+                        if int(new_state.step.addressable_data(0)) == signal_step:
                             for name in args.get("signals", ["SIGTERM"]):
                                 os.kill(os.getpid(), getattr(signal, name))
                         return new_state, metrics
