@@ -13,7 +13,6 @@ import numpy as np
 from mbde_jax.data.tf_runtime import tf
 
 from mbde_jax.data import info as dataset_info
-from mbde_jax.data import tf_runtime  # noqa: F401  pylint: disable=unused-import  (configures TensorFlow first)
 from mbde_jax.data.epoch_plan import PAD
 
 
