@@ -15,9 +15,11 @@ of a run only, each in one rename, so several processes may share the directory.
 created or written gives one warning and the command goes on without the cache. It grows by about 15 MB per
 config and version; clearing it (`rm -rf ~/.cache/mbde_jax/xla`) only costs the next run its compilations.
 
-A run of several processes on CPUs compiles in every process, without the cache: only process 0 finds its
-programs there (the others' keys differ, and only process 0 writes), and with jax 0.12.1 a process running a
-program read from the cache waited forever at the first collective for a process that had compiled its own.
+In a run of several processes on CPUs only process 0 finds its programs in the cache (the others' keys differ,
+and only process 0 writes); the others compile theirs. With jax 0.12.1 and later (outside setup.cfg's range, but
+a user may install it) a process running a program read from the cache waited forever at the first collective
+for a process that had compiled its own, so from that release on such a run compiles in every process, without
+the cache.
 """
 
 from __future__ import annotations
@@ -101,12 +103,24 @@ def enable(environ: dict | None = None) -> str | None:
     return directory
 
 
+# The first jax release whose multi-process CPU runs deadlocked with a program read from the cache.
+FIRST_DEADLOCKING_JAX = (0, 12, 1)
+
+
+def cache_deadlocks(platforms: set[str], process_count: int, jax_version: tuple[int, ...]) -> bool:
+    """Whether a run of `process_count` processes on devices of `platforms` (e.g. {"cpu"}) under jax
+    `jax_version` (e.g. (0, 12, 1)) must run without the persistent cache (see the module's docstring)."""
+    return process_count > 1 and platforms == {"cpu"} and tuple(jax_version[:3]) >= FIRST_DEADLOCKING_JAX
+
+
 def off_for_multi_process_cpu(devices) -> bool:
     """Switches the persistent cache off when `devices` (every device of the run, backends started, nothing
-    compiled yet) are CPUs of several processes (see the module's docstring); returns whether it did."""
+    compiled yet) are CPUs of several processes and this jax is one that deadlocks with it (cache_deadlocks);
+    returns whether it did."""
     import jax  # pylint: disable=import-outside-toplevel
 
-    if jax.process_count() == 1 or any(device.platform != "cpu" for device in devices):
+    platforms = {device.platform for device in devices}
+    if not cache_deadlocks(platforms, jax.process_count(), jax.__version_info__):
         return False
     if jax.config.jax_enable_compilation_cache:
         jax.config.update("jax_enable_compilation_cache", False)

@@ -80,7 +80,8 @@ def resolve(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None
 
     Before JAX starts its backends it splits a CPU-only host into config.cpu_devices devices (see
     sharding.configure_host_devices); the mesh is then every device of every process unless `mesh` is given.
-    A run of several processes on CPUs then switches the persistent compilation cache off (compilation_cache).
+    A run of several processes on CPUs under a jax that deadlocks with the persistent compilation cache then
+    switches it off (compilation_cache.cache_deadlocks).
     """
     config_validation.validate(config)
     sharding.configure_host_devices(config)

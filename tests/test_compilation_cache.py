@@ -73,3 +73,12 @@ def test_an_unusable_cache_directory_only_warns(two_runs, tmp_path):
     assert "Traceback" not in result.stderr
     assert "top1" in result.stdout or "top-1" in result.stdout, result.stdout[-2000:]
     assert {name: (workdir / name).read_bytes() for name in saved} == saved
+
+
+def test_only_a_multi_process_cpu_run_under_a_deadlocking_jax_goes_without_the_cache():
+    assert compilation_cache.cache_deadlocks({"cpu"}, 2, (0, 12, 1))
+    assert compilation_cache.cache_deadlocks({"cpu"}, 4, (0, 13, 0, "dev"))
+    assert not compilation_cache.cache_deadlocks({"cpu"}, 2, (0, 12, 0, 1))
+    assert not compilation_cache.cache_deadlocks({"cpu"}, 2, (0, 10, 2))
+    assert not compilation_cache.cache_deadlocks({"cpu"}, 1, (0, 12, 1))
+    assert not compilation_cache.cache_deadlocks({"gpu"}, 2, (0, 12, 1))

@@ -2,6 +2,7 @@
 the optimizer and schedules, evaluate/export, and the guards."""
 
 import json
+import logging
 import os
 import pathlib
 import platform
@@ -21,7 +22,7 @@ from mbde_jax.data import eval_input, testing
 from mbde_jax.models import initializers
 from mbde_jax.evaluate import evaluate_workdir, format_metrics
 from mbde_jax.export import export_deployed, load_deployed
-from helpers import dropout_backbone, shared_build
+from helpers import dropout_backbone, run_training, shared_build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_EXAMPLES = 64  # mocked examples per split: 8 steps of batch 8 per epoch
@@ -48,19 +49,26 @@ def _run_subprocess(args: dict, xla_devices: int) -> str:
     return completed
 
 
+def train_in_process(workdir, metadata_dir, overrides: dict, caplog=None) -> dict:
+    """What _run_subprocess(dict(mode="train", ...), xla_devices=2) trains, here: this process has the suite's two
+    devices. For the runs that need no process of their own (no kill, no signal), saving a process start. Returns
+    the results; `caplog`, if given, then holds the INFO lines ("resumed from step N")."""
+    if caplog is not None:
+        caplog.set_level(logging.INFO, logger="absl")
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(metadata_dir)):
+        return training.train_and_evaluate(_config(**overrides), str(workdir))
+
+
 STRAIGHT_RUN = {"method": "mbde", "checkpoint_every_minutes": 0}  # checkpoints at the epoch ends only
 
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory) -> pathlib.Path:
-    """The folder of an uninterrupted run of STRAIGHT_RUN in a subprocess with two devices ('straight'), and its
-    mocked data's metadata ('meta'): what the resume tests here and in test_fault_tolerance and the two-process
-    test of test_multiprocess compare against, trained once for the session."""
+    """The folder of an uninterrupted run of STRAIGHT_RUN with two devices ('straight'), and its mocked data's
+    metadata ('meta'): what the resume tests here and in test_fault_tolerance and the two-process test of
+    test_multiprocess compare against, trained once for the session (in the worker that asks first)."""
     def build(directory):
-        straight = _run_subprocess(dict(mode="train", metadata_dir=str(directory / "meta"),
-                                        num_examples=NUM_EXAMPLES, overrides=STRAIGHT_RUN,
-                                        workdir=str(directory / "straight")), xla_devices=2)
-        assert straight.returncode == 0, straight.stderr[-3000:]
+        train_in_process(directory / "straight", directory / "meta", STRAIGHT_RUN)
 
     return shared_build.build_once(tmp_path_factory, "straight_run", build)
 
@@ -146,7 +154,7 @@ def test_exported_leader_reproduces_the_leader_accuracy(finished_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_is_bit_identical(tmp_path, straight_run):
+def test_resume_after_a_kill_is_bit_identical(tmp_path, straight_run, caplog):
     # Against the uninterrupted run, which checkpointed at the epoch ends only: how often a run checkpoints
     # changes none of its numbers.
     common = dict(mode="train", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES,
@@ -156,9 +164,8 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, straight_run):
                              xla_devices=2)
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, mid-epoch 2 (8 steps per epoch)
     assert not (tmp_path / "resumed" / "results.json").exists()
-    resumed = _run_subprocess(dict(common, workdir=str(tmp_path / "resumed")), xla_devices=2)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from step 12" in resumed.stderr
+    train_in_process(tmp_path / "resumed", tmp_path / "meta", common["overrides"], caplog)
+    assert "resumed from step 12" in caplog.text
 
     final = {}
     for name, workdir in workdirs.items():
@@ -180,9 +187,9 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, straight_run):
     assert twice.returncode == -9, twice.stderr[-3000:]
     csv_killed = pathlib.Path(tmp_path, "evaluated_twice", "metrics.csv").read_text()
     assert csv_killed == "\n".join(csv_a.splitlines()[:2]) + "\n"
-    resumed_twice = _run_subprocess(dict(common, workdir=str(tmp_path / "evaluated_twice")), xla_devices=2)
-    assert resumed_twice.returncode == 0, resumed_twice.stderr[-3000:]
-    assert "resumed from step 8" in resumed_twice.stderr
+    caplog.clear()
+    train_in_process(tmp_path / "evaluated_twice", tmp_path / "meta", common["overrides"], caplog)
+    assert "resumed from step 8" in caplog.text
     assert pathlib.Path(tmp_path, "evaluated_twice", "metrics.csv").read_text() == csv_a
     leaves_a, leaves_b = jax.tree_util.tree_leaves(state_a), jax.tree_util.tree_leaves(state_b)
     assert len(leaves_a) == len(leaves_b) > 0
@@ -194,14 +201,16 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, straight_run):
 def test_loss_trajectory_does_not_depend_on_the_device_count(tmp_path):
     args = dict(mode="losses", metadata_dir=str(tmp_path / "meta"), num_examples=NUM_EXAMPLES, steps=6,
                 overrides={"method": "mbde"})
-    trajectories = {}
-    for devices in (1, 2):
-        completed = _run_subprocess(args, xla_devices=devices)
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        line = next(l for l in completed.stdout.splitlines() if l.startswith("LOSSES "))
-        payload = json.loads(line[len("LOSSES "):])
-        assert payload["devices"] == devices
-        trajectories[devices] = payload["losses"]
+    # One device in a process of its own; two in this one (the suite's two devices).
+    completed = _run_subprocess(args, xla_devices=1)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(l for l in completed.stdout.splitlines() if l.startswith("LOSSES "))
+    payload = json.loads(line[len("LOSSES "):])
+    assert payload["devices"] == 1
+    trajectories = {1: payload["losses"]}
+    assert jax.device_count() == 2
+    with testing.mocked_dataset("cifar10", num_examples=NUM_EXAMPLES, metadata_dir=str(tmp_path / "meta")):
+        trajectories[2] = run_training.loss_trajectory(_config(**args["overrides"]), steps=args["steps"])
     assert len(trajectories[1]) == 6
     # float32 all-reduces sum in a different order on 2 devices. The first loss is computed before any update
     # and agrees to a few float32 ulps; later steps amplify the reordering (lr 0.1 on a tiny batch: jax 0.12

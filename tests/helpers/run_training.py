@@ -31,8 +31,8 @@ def main(args: dict) -> None:
 
     logging.set_verbosity(logging.INFO)  # the tests read "resumed from step N"
 
-    from mbde_jax import checkpoint, config_utils, experiment, lifecycle, sharding, training
-    from mbde_jax.data import testing, train_input
+    from mbde_jax import checkpoint, config_utils, lifecycle, training
+    from mbde_jax.data import testing
 
     config = config_utils.load_sibling(str(ROOT / "configs" / "test.py"), "test").get_config()
     config.update_from_flattened_dict(args.get("overrides", {}))
@@ -87,18 +87,28 @@ def main(args: dict) -> None:
                 print(stopped, file=sys.stderr)
                 sys.exit(stopped.exit_code)
         else:
-            mesh = sharding.make_data_mesh()
-            pipeline = train_input.TrainPipeline(config.dataset, global_batch_size=config.batch_size,
-                                                 seed=config.seed, mesh=mesh, download=False)
-            trainer = training.Trainer(experiment.resolve(config, mesh=mesh), pipeline.steps_per_epoch)
-            state = trainer.init_state()
-            losses = []
-            for batch in pipeline.epoch_batches(0):
-                state, metrics = trainer.train_step(state, batch)
-                losses.append(float(metrics["loss"]))
-                if len(losses) == args["steps"]:
-                    break
+            losses = loss_trajectory(config, args["steps"])
             print("LOSSES " + json.dumps({"devices": jax.device_count(), "losses": losses}))
+
+
+def loss_trajectory(config, steps: int) -> list[float]:
+    """The losses of the first `steps` train steps of `config` on every device of this process, on the
+    dataset the caller mocked (testing.mocked_dataset)."""
+    from mbde_jax import experiment, sharding, training
+    from mbde_jax.data import train_input
+
+    mesh = sharding.make_data_mesh()
+    pipeline = train_input.TrainPipeline(config.dataset, global_batch_size=config.batch_size, seed=config.seed,
+                                         mesh=mesh, download=False)
+    trainer = training.Trainer(experiment.resolve(config, mesh=mesh), pipeline.steps_per_epoch)
+    state = trainer.init_state()
+    losses = []
+    for batch in pipeline.epoch_batches(0):
+        state, metrics = trainer.train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+        if len(losses) == steps:
+            break
+    return losses
 
 
 if __name__ == "__main__":
