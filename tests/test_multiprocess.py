@@ -97,7 +97,8 @@ def _assert_close(history_a: list[dict], history_b: list[dict], rtol: float) -> 
 def test_two_processes_equal_one_process_and_resume_exactly(tmp_path, straight_run):
     # 'single': one process with 2 devices (test_train.straight_run, the same config);
     # 'double': two processes with 1 device each (the same 2-device mesh); 'stopped': two processes stopped by a
-    # SIGTERM that only process 1 receives, then resumed. Under a jax that deadlocks with the compilation cache
+    # SIGTERM that only process 1 receives, then resumed. 'stopped' starts once 'double' is done, so that its
+    # process 0 finds its programs in the compilation cache; under a jax that deadlocks with the cache
     # (mbde_jax.compilation_cache.cache_deadlocks) each process compiles its own programs without it.
     single = straight_run / "straight"
     outcome = {"double": _finish(_start(tmp_path, "double", 2, 1))}
